@@ -1,0 +1,325 @@
+# This file is part of Tryton.  The COPYRIGHT file at the top level of
+# this repository contains the full copyright notices and license terms.
+import datetime as dt
+from collections import defaultdict
+
+from genshi.template import MarkupTemplate, NewTextTemplate
+from genshi.template import TemplateError as GenshiTemplateError
+from sql import Literal
+from sql.aggregate import Count, Sum
+from sql.conditionals import Case
+
+from trytond.i18n import gettext
+from trytond.model import EvalEnvironment, Index, ModelSQL, ModelView, fields
+from trytond.pool import Pool
+from trytond.pyson import Bool, Eval, PYSONDecoder
+from trytond.tools import grouped_slice, reduce_ids
+from trytond.transaction import Transaction
+
+from .exceptions import ConditionError, DelayError, EventError, TemplateError
+
+
+class Activity(ModelSQL, ModelView):
+    __name__ = 'marketing.automation.activity'
+
+    name = fields.Char("Name", translate=True, required=True)
+    parent = fields.Reference(
+        "Parent", [
+            ('marketing.automation.scenario', "Scenario"),
+            ('marketing.automation.activity', "Activity"),
+            ], required=True)
+    children = fields.One2Many(
+        'marketing.automation.activity', 'parent', "Children")
+    scenario = fields.Function(
+        fields.Many2One('marketing.automation.scenario', "Scenario"),
+        'get_scenario')
+    parent_action = fields.Function(
+        fields.Selection('get_parent_actions', "Parent Action"),
+        'on_change_with_parent_action')
+    event = fields.Selection([
+            (None, ""),
+            ('email_opened', "E-mail Opened"),
+            ('email_clicked', "E-mail Clicked"),
+            ], "Event")
+    negative = fields.Boolean(
+        "Negative",
+        help="If checked, the activity runs when the event has not happened "
+        "by the end of the delay.")
+    on = fields.Function(fields.Selection([
+                (None, ""),
+                ('email_opened', "E-mail Opened"),
+                ('email_opened_not', "E-mail Not Opened"),
+                ('email_clicked', "E-mail Clicked"),
+                ('email_clicked_not', "E-mail Not Clicked"),
+                ], "On",
+            help="The event of the parent's e-mail that the activity "
+            "waits for."),
+        'get_on', setter='set_on')
+    condition = fields.Char(
+        "Condition",
+        help="A PYSON expression evaluated with 'self' bound to the record; "
+        "the activity is cancelled when it is false.")
+    delay = fields.TimeDelta(
+        "Delay",
+        states={
+            'required': Bool(Eval('negative')),
+            },
+        help="How long to wait before running the activity.")
+    action = fields.Selection([
+            (None, ""),
+            ('send_email', "Send E-mail"),
+            ], "Action")
+    email_from = fields.Char(
+        "From", translate=True,
+        states={
+            'invisible': Eval('action') != 'send_email',
+            },
+        help="Leave empty for the value of the configuration file.")
+    email_title = fields.Char(
+        "E-mail Title", translate=True,
+        states={
+            'invisible': Eval('action') != 'send_email',
+            'required': Eval('action') == 'send_email',
+            },
+        help="A Genshi text template with 'record' in its context.")
+    email_template = fields.Text(
+        "E-mail Template", translate=True,
+        states={
+            'invisible': Eval('action') != 'send_email',
+            'required': Eval('action') == 'send_email',
+            },
+        help="A Genshi HTML template with 'record' in its context.\n"
+        "Use href=\"unsubscribe\" for the unsubscribe link.")
+
+    record_count = fields.Function(
+        fields.Integer("Records"), 'get_statistics')
+    email_opened = fields.Function(
+        fields.Integer(
+            "E-mails Opened",
+            states={
+                'invisible': Eval('action') != 'send_email',
+                }),
+        'get_statistics')
+    email_clicked = fields.Function(
+        fields.Integer(
+            "E-mails Clicked",
+            states={
+                'invisible': Eval('action') != 'send_email',
+                }),
+        'get_statistics')
+    email_open_rate = fields.Function(
+        fields.Float(
+            "E-mail Open Rate", digits=(1, 2),
+            states={
+                'invisible': Eval('action') != 'send_email',
+                }),
+        'get_statistics')
+    email_click_rate = fields.Function(
+        fields.Float(
+            "E-mail Click Rate", digits=(1, 2),
+            states={
+                'invisible': Eval('action') != 'send_email',
+                }),
+        'get_statistics')
+    email_click_through_rate = fields.Function(
+        fields.Float(
+            "E-mail Click-Through Rate", digits=(1, 2),
+            states={
+                'invisible': Eval('action') != 'send_email',
+                }),
+        'get_statistics')
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        t = cls.__table__()
+        cls._sql_indexes.add(
+            Index(t, (t.parent, Index.Equality())))
+        cls._order.insert(0, ('name', 'ASC'))
+
+    @classmethod
+    def default_negative(cls):
+        return False
+
+    @classmethod
+    def get_parent_actions(cls):
+        return cls.fields_get(['action'])['action']['selection']
+
+    @fields.depends('parent')
+    def on_change_with_parent_action(self, name=None):
+        if isinstance(self.parent, Activity):
+            return self.parent.action
+
+    def get_scenario(self, name):
+        parent = self.parent
+        # The tree is shallow so walking it costs little
+        while isinstance(parent, Activity):
+            parent = parent.parent
+        return parent.id if parent else None
+
+    def get_on(self, name):
+        if self.event:
+            return self.event + ('_not' if self.negative else '')
+
+    @classmethod
+    def set_on(cls, activities, name, value):
+        if value and value.endswith('_not'):
+            values = {'event': value[:-len('_not')], 'negative': True}
+        else:
+            values = {'event': value, 'negative': False}
+        cls.write(activities, values)
+
+    @fields.depends('event', 'negative')
+    def on_change_with_on(self, name=None):
+        return self.get_on(name)
+
+    @classmethod
+    def get_statistics(cls, activities, names):
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        record_activity = RecordActivity.__table__()
+        cursor = Transaction().connection.cursor()
+
+        values = {n: defaultdict(lambda: None) for n in names}
+        for sub_ids in grouped_slice(activities):
+            sub_ids = list(map(int, sub_ids))
+            cursor.execute(*record_activity.select(
+                    record_activity.activity,
+                    Count(Literal('*')),
+                    Sum(Case((record_activity.email_opened, 1), else_=0)),
+                    Sum(Case((record_activity.email_clicked, 1), else_=0)),
+                    where=reduce_ids(record_activity.activity, sub_ids)
+                    & (record_activity.state == 'done'),
+                    group_by=record_activity.activity))
+            counts = {a: (d, o or 0, c or 0) for a, d, o, c in cursor}
+            for activity_id in sub_ids:
+                done, opened, clicked = counts.get(activity_id, (0, 0, 0))
+                row = {
+                    'record_count': done,
+                    'email_opened': opened,
+                    'email_clicked': clicked,
+                    'email_open_rate': (
+                        round(opened / done, 2) if done else 0.),
+                    'email_click_rate': (
+                        round(clicked / done, 2) if done else 0.),
+                    'email_click_through_rate': (
+                        round(clicked / opened, 2) if opened else 0.),
+                    }
+                for name in names:
+                    values[name][activity_id] = row[name]
+        return values
+
+    @classmethod
+    def validate_fields(cls, activities, field_names):
+        super().validate_fields(activities, field_names)
+        cls.check_event(activities, field_names)
+        cls.check_delay(activities, field_names)
+        cls.check_condition(activities, field_names)
+        cls.check_email_title(activities, field_names)
+        cls.check_email_template(activities, field_names)
+
+    @classmethod
+    def check_event(cls, activities, field_names=None):
+        if field_names and not (field_names & {'event', 'parent'}):
+            return
+        for activity in activities:
+            if (activity.event
+                    and activity.on_change_with_parent_action()
+                    != 'send_email'):
+                raise EventError(gettext(
+                        'marketing_automation.msg_activity_event_invalid',
+                        activity=activity.rec_name,
+                        event=activity.event))
+
+    @classmethod
+    def check_delay(cls, activities, field_names=None):
+        if field_names and not (field_names & {'delay', 'negative'}):
+            return
+        for activity in activities:
+            if activity.delay is not None and activity.delay < dt.timedelta():
+                raise DelayError(gettext(
+                        'marketing_automation.msg_activity_delay_negative',
+                        activity=activity.rec_name))
+            if activity.negative and not activity.delay:
+                raise DelayError(gettext(
+                        'marketing_automation'
+                        '.msg_activity_negative_delay_required',
+                        activity=activity.rec_name))
+
+    @classmethod
+    def check_condition(cls, activities, field_names=None):
+        if field_names and 'condition' not in field_names:
+            return
+        for activity in activities:
+            if not activity.condition:
+                continue
+            try:
+                PYSONDecoder({'self': {}}).decode(activity.condition)
+            except Exception as exception:
+                raise ConditionError(gettext(
+                        'marketing_automation.msg_activity_condition_invalid',
+                        activity=activity.rec_name,
+                        exception=exception)) from exception
+
+    @classmethod
+    def check_email_title(cls, activities, field_names=None):
+        if field_names and 'email_title' not in field_names:
+            return
+        for activity in activities:
+            for title in activity._translations('email_title'):
+                try:
+                    NewTextTemplate(title)
+                # The sandbox refuses private names with a bare ValueError
+                except (GenshiTemplateError, ValueError, SyntaxError) as e:
+                    raise TemplateError(gettext(
+                            'marketing_automation'
+                            '.msg_activity_email_title_invalid',
+                            activity=activity.rec_name,
+                            exception=e)) from e
+
+    @classmethod
+    def check_email_template(cls, activities, field_names=None):
+        if field_names and 'email_template' not in field_names:
+            return
+        for activity in activities:
+            for template in activity._translations('email_template'):
+                try:
+                    MarkupTemplate(template)
+                except (GenshiTemplateError, ValueError, SyntaxError) as e:
+                    raise TemplateError(gettext(
+                            'marketing_automation'
+                            '.msg_activity_email_template_invalid',
+                            activity=activity.rec_name,
+                            exception=e)) from e
+
+    def _translations(self, name):
+        value = getattr(self, name)
+        return [value] if value else []
+
+    @classmethod
+    def copy(cls, activities, default=None):
+        default = default.copy() if default is not None else {}
+        default.setdefault('children.parent')
+        return super().copy(activities, default=default)
+
+    def is_due(self, record_activity):
+        "Tell whether the condition holds for the record"
+        if not self.condition:
+            return True
+        record = record_activity.record.record
+        env = EvalEnvironment(record, record.__class__)
+        return bool(PYSONDecoder({'self': env}).decode(self.condition))
+
+    @classmethod
+    def execute(cls, activity, record_activities, **kwargs):
+        "Run the action of activity on the record activities"
+        if activity.action:
+            getattr(cls, 'execute_' + activity.action)(
+                activity, record_activities, **kwargs)
+
+    @classmethod
+    def execute_send_email(cls, activity, record_activities, **kwargs):
+        pool = Pool()
+        Email = pool.get('ir.email')
+        return Email.marketing_automation_compose(
+            activity, record_activities)

@@ -1,0 +1,351 @@
+# This file is part of Tryton.  The COPYRIGHT file at the top level of
+# this repository contains the full copyright notices and license terms.
+"Compose the e-mails of an activity and track their links and opens"
+import datetime as dt
+import hashlib
+import json
+import re
+from collections import defaultdict
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formatdate, make_msgid
+from functools import lru_cache, partial
+from urllib.parse import quote
+
+from genshi.core import END, START, Attrs, QName
+from genshi.template import MarkupTemplate, NewTextTemplate
+from lxml import etree
+from lxml import html as lxml_html
+
+import trytond.config as config
+from trytond.i18n import gettext
+from trytond.model import ModelAccessProxy
+from trytond.pool import Pool
+from trytond.report import Report
+from trytond.tools import grouped_slice, reduce_ids
+from trytond.tools.email_ import format_address, set_from_header
+from trytond.transaction import Transaction
+from trytond.url import http_host
+
+from .marketing_automation import new_token
+
+UNSUBSCRIBE = 'unsubscribe'
+# Links that a redirect would break are left as they are
+UNTRACKED = re.compile(r'^(mailto:|tel:|sms:|#|\$)', re.IGNORECASE)
+
+
+def automation_base():
+    base = config.get('marketing', 'automation_base', default=None)
+    return (base or http_host()).rstrip('/')
+
+
+def _url(kind, *tokens):
+    database = quote(Transaction().database.name, safe='')
+    return '/'.join((automation_base(), 'm', database, kind) + tokens)
+
+
+def open_url(token):
+    return _url('o', token + '.gif')
+
+
+def click_url(token, key):
+    return _url('c', token, key)
+
+
+def unsubscribe_url(record_uuid, key=None):
+    if key:
+        return _url('u', record_uuid, key)
+    return _url('u', record_uuid)
+
+
+def link_key(url):
+    "Return the key of url in the links of an e-mail"
+    return hashlib.sha256(url.encode('utf-8')).hexdigest()[:16]
+
+
+@lru_cache(maxsize=256)
+def markup_template(text):
+    return MarkupTemplate(text)
+
+
+@lru_cache(maxsize=256)
+def text_template(text):
+    return NewTextTemplate(text)
+
+
+def track(email_token, record_uuid, links):
+    """Return a Genshi filter that tracks the links and adds the open image
+
+    links is filled with the targets by key."""
+    def tracked(href):
+        href = href.strip()
+        if href == UNSUBSCRIBE:
+            return unsubscribe_url(record_uuid)
+        if href.startswith(UNSUBSCRIBE + '|'):
+            target = href[len(UNSUBSCRIBE) + 1:].strip()
+            key = link_key(target)
+            links[key] = target
+            return unsubscribe_url(record_uuid, key)
+        if UNTRACKED.match(href):
+            return href
+        key = link_key(href)
+        links[key] = href
+        return click_url(email_token, key)
+
+    def pixel(pos):
+        yield START, (QName('img'), Attrs([
+                    (QName('src'), open_url(email_token)),
+                    (QName('width'), '1'),
+                    (QName('height'), '1'),
+                    (QName('alt'), ''),
+                    (QName('style'), 'border:0;display:block'),
+                    ])), pos
+        yield END, QName('img'), pos
+
+    def filter_(stream):
+        added, pos = False, (None, -1, -1)
+        for kind, data, pos in stream:
+            if kind is START:
+                tag, attrs = data
+                if tag.localname == 'a' and attrs.get('href'):
+                    attrs |= [(QName('href'), tracked(attrs.get('href')))]
+                    data = tag, attrs
+            elif kind is END and data.localname == 'body' and not added:
+                yield from pixel(pos)
+                added = True
+            yield kind, data, pos
+        if not added:
+            yield from pixel(pos)
+    return filter_
+
+
+_BLOCKS = {
+    'p', 'div', 'br', 'tr', 'li', 'h1', 'h2', 'h3', 'h4', 'h5', 'h6',
+    'table', 'ul', 'ol', 'blockquote', 'pre', 'hr'}
+
+
+def html_to_text(content):
+    "Return the plain-text alternative of the HTML content"
+    try:
+        document = lxml_html.document_fromstring(content)
+    except (etree.ParserError, ValueError):
+        return ''
+    for element in document.xpath('//script|//style|//head|//img'):
+        element.drop_tree()
+    for link in document.iter('a'):
+        href = link.get('href')
+        text = link.text_content().strip()
+        if href and href != text:
+            link.tail = ' <%s>%s' % (href, link.tail or '')
+    for element in document.iter(*_BLOCKS):
+        element.tail = '\n' + (element.tail or '')
+        if element.tag == 'li':
+            element.text = '- ' + (element.text or '')
+    lines = (' '.join(line.split()) for line in (
+            document.text_content().splitlines()))
+    text = '\n'.join(lines)
+    return re.sub(r'\n{3,}', '\n\n', text).strip() + '\n'
+
+
+def _sender(activity):
+    return (activity.email_from
+        or config.get('marketing', 'email_from')
+        or config.get('email', 'from'))
+
+
+def _parties(record_activities):
+    """Return the marketing party of each record activity, reading the
+    resources by batch of model"""
+    by_model = defaultdict(set)
+    resources = {}
+    for record_activity in record_activities:
+        reference = record_activity.record.record
+        if reference is not None and reference.id is not None:
+            by_model[reference.__name__].add(reference.id)
+    pool = Pool()
+    for model, ids in by_model.items():
+        Model = pool.get(model)
+        for resource in Model.browse(sorted(ids)):
+            resources[(model, resource.id)] = resource
+    result = {}
+    for record_activity in record_activities:
+        reference = record_activity.record.record
+        resource = None
+        if reference is not None:
+            resource = resources.get((reference.__name__, reference.id))
+        result[record_activity] = (
+            resource, resource.marketing_party if resource else None)
+    return result
+
+
+def _addresses(party_ids):
+    "Return the first active e-mail address of each party"
+    pool = Pool()
+    ContactMechanism = pool.get('party.contact_mechanism')
+    mechanism = ContactMechanism.__table__()
+    cursor = Transaction().connection.cursor()
+    addresses = {}
+    for sub_ids in grouped_slice(sorted(party_ids)):
+        # The ORM would read the contact mechanisms of each party
+        cursor.execute(*mechanism.select(
+                mechanism.party, mechanism.value,
+                where=reduce_ids(mechanism.party, sub_ids)
+                & (mechanism.type == 'email')
+                & (mechanism.active == True),  # noqa: E712
+                order_by=[
+                    mechanism.party, mechanism.sequence.asc.nulls_first,
+                    mechanism.id]))
+        for party_id, value in cursor:
+            if value:
+                addresses.setdefault(party_id, value)
+    return addresses
+
+
+def _language(party):
+    return (party.lang.code if party.lang else None) or config.get(
+        'database', 'language')
+
+
+def _helpers(lang):
+    return {
+        'format_date': partial(Report.format_date, lang=lang),
+        'format_datetime': partial(Report.format_datetime, lang=lang),
+        'format_timedelta': partial(Report.format_timedelta, lang=lang),
+        'format_currency': partial(Report.format_currency, lang=lang),
+        'format_number': partial(Report.format_number, lang=lang),
+        'datetime': dt,
+        }
+
+
+def compose(activity, record_activities):
+    """Render the e-mail of activity for each record activity and store them
+    in the outbox
+
+    Return the error of each record activity that could not be composed."""
+    pool = Pool()
+    Activity = pool.get('marketing.automation.activity')
+    Email = pool.get('ir.email')
+    Lang = pool.get('ir.lang')
+    ModelData = pool.get('ir.model.data')
+    transaction = Transaction()
+    groups = [ModelData.get_id('marketing', 'group_marketing')]
+
+    errors = {}
+    parties = _parties(record_activities)
+    addresses = _addresses(
+        {p.id for _, p in parties.values() if p is not None})
+    by_language = defaultdict(list)
+    for record_activity in record_activities:
+        resource, party = parties[record_activity]
+        if party is None:
+            errors[record_activity] = gettext(
+                'marketing_automation.msg_no_party',
+                record=record_activity.record.rec_name)
+        elif party.id not in addresses:
+            errors[record_activity] = gettext(
+                'marketing_automation.msg_no_email',
+                party=party.rec_name)
+        else:
+            by_language[_language(party)].append(record_activity)
+
+    now = dt.datetime.now()
+    rows = []
+    for language, language_activities in by_language.items():
+        with transaction.set_context(language=language):
+            translated = Activity(activity.id)
+            title = text_template(translated.email_title or '')
+            template = markup_template(translated.email_template or '')
+            sender = _sender(translated)
+            helpers = _helpers(Lang.get(language))
+        for record_activity in language_activities:
+            resource, party = parties[record_activity]
+            token = new_token()
+            links = {}
+            try:
+                proxy = ModelAccessProxy(resource, {'_groups': groups})
+                subject = ' '.join(
+                    title.generate(record=proxy, **helpers)
+                    .render(encoding=None).split())
+                body = (template.generate(record=proxy, **helpers)
+                    .filter(track(token, record_activity.record.uuid, links))
+                    .render(method='html', encoding=None))
+                message = _message(
+                    sender, format_address(addresses[party.id],
+                        party.rec_name),
+                    subject, body, unsubscribe_url(
+                        record_activity.record.uuid))
+            except Exception as exception:
+                errors[record_activity] = gettext(
+                    'marketing_automation.msg_render_failed',
+                    activity=activity.rec_name, exception=exception)
+                continue
+            rows.append([
+                    transaction.user, now, message['To'], subject, body,
+                    message['Message-ID'], str(resource), activity.id,
+                    record_activity.record.id, token, json.dumps(links),
+                    message.as_string(policy=SMTP), 'pending', 0])
+    _store(Email, rows)
+    return errors
+
+
+def _message(sender, to, subject, body, unsubscribe):
+    message = EmailMessage()
+    from_ = config.get('marketing', 'email_from') or config.get(
+        'email', 'from')
+    set_from_header(message, from_ or sender, sender)
+    message['To'] = to
+    message['Subject'] = subject
+    message['Date'] = formatdate(localtime=True)
+    message['Message-ID'] = make_msgid(domain=_domain(sender))
+    # RFC 2369 and RFC 8058 one-click unsubscribe
+    message['List-Unsubscribe'] = '<%s>' % unsubscribe
+    message['List-Unsubscribe-Post'] = 'List-Unsubscribe=One-Click'
+    message.set_content(html_to_text(body), subtype='plain')
+    message.add_alternative(body, subtype='html')
+    return message
+
+
+def _domain(address):
+    "Return the domain of address for the Message-ID"
+    _, _, domain = (address or '').rpartition('@')
+    return domain.strip('> ') or 'localhost'
+
+
+def _store(Email, rows):
+    "Insert the composed e-mails in the outbox"
+    email = Email.__table__()
+    cursor = Transaction().connection.cursor()
+    columns = [
+        email.create_uid, email.create_date, email.recipients,
+        email.subject, email.body, email.message_id, email.resource,
+        email.marketing_automation_activity,
+        email.marketing_automation_record,
+        email.marketing_automation_token,
+        email.marketing_automation_links,
+        email.marketing_automation_message,
+        email.marketing_automation_status,
+        email.marketing_automation_attempts,
+        ]
+    # The ORM would insert them one by one on SQLite
+    for sub_rows in grouped_slice(rows, 100):
+        cursor.execute(*email.insert(columns, list(sub_rows)))
+
+
+def find(token):
+    "Return the e-mail of the token or None"
+    pool = Pool()
+    Email = pool.get('ir.email')
+    emails = Email.search([
+            ('marketing_automation_token', '=', token),
+            ], limit=1)
+    if emails:
+        return emails[0]
+
+
+def target(email, key):
+    "Return the target of the link key in email or None"
+    try:
+        links = json.loads(email.marketing_automation_links or '{}')
+    except ValueError:
+        return None
+    return links.get(key)

@@ -1,0 +1,443 @@
+# This file is part of Tryton.  The COPYRIGHT file at the top level of
+# this repository contains the full copyright notices and license terms.
+import datetime as dt
+import logging
+import secrets
+from collections import defaultdict
+
+from sql import Cast, Literal
+from sql.aggregate import Count, Sum
+from sql.conditionals import Case
+from sql.operators import Concat, Exists
+
+import trytond.config as config
+from trytond.i18n import gettext
+from trytond.model import Index, ModelSQL, ModelView, Unique, Workflow, fields
+from trytond.pool import Pool
+from trytond.pyson import Bool, Eval, PYSONDecoder
+from trytond.rpc import RPC
+from trytond.tools import grouped_slice, reduce_ids
+from trytond.transaction import Transaction
+
+from .exceptions import DomainError
+
+logger = logging.getLogger(__name__)
+
+# browse() and create() are quadratic in the length of their list
+BATCH_SIZE = 500
+
+
+def batch_size():
+    return config.getint(
+        'marketing', 'automation_batch_size', default=BATCH_SIZE)
+
+
+def new_token():
+    "Return an unguessable token of 128 bits"
+    return secrets.token_hex(16)
+
+
+class MarketingAutomationMixin:
+    "The models that a scenario can pick records from"
+    __slots__ = ()
+
+    marketing_party = fields.Function(
+        fields.Many2One('party.party', "Marketing Party"),
+        'get_marketing_party', searcher='search_marketing_party')
+
+    def get_marketing_party(self, name):
+        raise NotImplementedError
+
+    @classmethod
+    def search_marketing_party(cls, name, clause):
+        raise NotImplementedError
+
+
+def marketing_models():
+    pool = Pool()
+    return sorted(
+        name for name, Model in pool.iterobject()
+        if issubclass(Model, MarketingAutomationMixin))
+
+
+def get_models():
+    IrModel = Pool().get('ir.model')
+    return [(m, IrModel.get_name(m)) for m in marketing_models()]
+
+
+class Scenario(Workflow, ModelSQL, ModelView):
+    __name__ = 'marketing.automation.scenario'
+
+    name = fields.Char("Name", translate=True)
+    model = fields.Selection(
+        'get_models', "Model", required=True,
+        states={
+            'readonly': Eval('state') != 'draft',
+            })
+    domain = fields.Char(
+        "Domain", required=True,
+        states={
+            'readonly': Eval('state') == 'running',
+            },
+        help="A PYSON domain that picks the records to enrol.")
+    activities = fields.One2Many(
+        'marketing.automation.activity', 'parent', "Activities")
+    record_count = fields.Function(
+        fields.Integer("Records"), 'get_record_count')
+    record_count_blocked = fields.Function(
+        fields.Integer("Records Blocked"), 'get_record_count')
+    block_rate = fields.Function(
+        fields.Float("Block Rate", digits=(1, 2)), 'get_block_rate')
+    unsubscribable = fields.Boolean(
+        "Unsubscribable",
+        help="If checked, blocking a record also unsubscribes its party "
+        "from the scenario for good.")
+    state = fields.Selection([
+            ('draft', "Draft"),
+            ('running', "Running"),
+            ('stopped', "Stopped"),
+            ], "State", required=True, readonly=True, sort=False)
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        t = cls.__table__()
+        cls._sql_indexes.add(
+            Index(t, (t.state, Index.Equality(cardinality='low')),
+                where=t.state == 'running'))
+        cls._transitions |= {
+            ('draft', 'running'),
+            ('running', 'stopped'),
+            ('stopped', 'draft'),
+            }
+        cls.__rpc__.update({
+                'trigger': RPC(readonly=False, instantiate=0),
+                })
+        cls._buttons.update({
+                'draft': {
+                    'invisible': Eval('state') != 'stopped',
+                    'depends': ['state'],
+                    },
+                'run': {
+                    'invisible': Eval('state') != 'draft',
+                    'depends': ['state'],
+                    },
+                'stop': {
+                    'invisible': Eval('state') != 'running',
+                    'depends': ['state'],
+                    },
+                })
+
+    @classmethod
+    def default_domain(cls):
+        return '[]'
+
+    @classmethod
+    def default_state(cls):
+        return 'draft'
+
+    @classmethod
+    def default_unsubscribable(cls):
+        return False
+
+    @classmethod
+    def get_models(cls):
+        return get_models()
+
+    @property
+    def pyson_domain(self):
+        return PYSONDecoder({}).decode(self.domain)
+
+    @classmethod
+    def get_record_count(cls, scenarios, names):
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        record = Record.__table__()
+        cursor = Transaction().connection.cursor()
+
+        counts = {n: defaultdict(int) for n in names}
+        enrolled = []
+        for scenario in scenarios:
+            if scenario.state == 'draft':
+                if 'record_count' in names:
+                    counts['record_count'][scenario.id] = (
+                        scenario._count_matching())
+            else:
+                enrolled.append(scenario.id)
+        for sub_ids in grouped_slice(enrolled):
+            cursor.execute(*record.select(
+                    record.scenario,
+                    Count(Literal('*')),
+                    Sum(Case((record.blocked, 1), else_=0)),
+                    where=reduce_ids(record.scenario, sub_ids),
+                    group_by=record.scenario))
+            for scenario_id, count, blocked in cursor:
+                if 'record_count' in counts:
+                    counts['record_count'][scenario_id] = count
+                if 'record_count_blocked' in counts:
+                    counts['record_count_blocked'][scenario_id] = (
+                        blocked or 0)
+        return counts
+
+    def _count_matching(self):
+        pool = Pool()
+        try:
+            Model = pool.get(self.model)
+            return Model.search_count(self.pyson_domain)
+        except Exception:
+            return None
+
+    @classmethod
+    def get_block_rate(cls, scenarios, name):
+        counts = cls.get_record_count(
+            [s for s in scenarios if s.state != 'draft'],
+            ['record_count', 'record_count_blocked'])
+        rates = {}
+        for scenario in scenarios:
+            enrolled = counts['record_count'].get(scenario.id)
+            blocked = counts['record_count_blocked'].get(scenario.id, 0)
+            rates[scenario.id] = (
+                round(blocked / enrolled, 2) if enrolled else 0.)
+        return rates
+
+    @classmethod
+    def validate_fields(cls, scenarios, field_names):
+        super().validate_fields(scenarios, field_names)
+        cls.check_domain(scenarios, field_names)
+
+    @classmethod
+    def check_domain(cls, scenarios, field_names=None):
+        if field_names and not (field_names & {'domain', 'model'}):
+            return
+        pool = Pool()
+        for scenario in scenarios:
+            try:
+                domain = scenario.pyson_domain
+                if not isinstance(domain, list):
+                    raise ValueError("a domain must be a list")
+                Model = pool.get(scenario.model)
+                # Building the query checks every field and operator
+                Model.search(domain, order=[], query=True)
+            except Exception as exception:
+                raise DomainError(gettext(
+                        'marketing_automation.msg_scenario_domain_invalid',
+                        scenario=scenario.rec_name,
+                        exception=exception)) from exception
+
+    @classmethod
+    def copy(cls, scenarios, default=None):
+        default = default.copy() if default is not None else {}
+        default.setdefault('state', 'draft')
+        return super().copy(scenarios, default=default)
+
+    @classmethod
+    @ModelView.button
+    @Workflow.transition('draft')
+    def draft(cls, scenarios):
+        pass
+
+    @classmethod
+    @ModelView.button
+    @Workflow.transition('running')
+    def run(cls, scenarios):
+        pass
+
+    @classmethod
+    @ModelView.button
+    @Workflow.transition('stopped')
+    def stop(cls, scenarios):
+        pass
+
+    @classmethod
+    def trigger(cls, scenarios=None):
+        "Enrol the new matching records of the running scenarios"
+        if scenarios is None:
+            scenarios = cls.search([('state', '=', 'running')])
+        cursor = Transaction().connection.cursor()
+        for scenario in scenarios:
+            if scenario.state != 'running':
+                continue
+            # A savepoint keeps a failing domain from aborting the others
+            cursor.execute('SAVEPOINT marketing_automation_enrol')
+            try:
+                count = scenario.enrol()
+            except Exception:
+                cursor.execute(
+                    'ROLLBACK TO SAVEPOINT marketing_automation_enrol')
+                logger.exception(
+                    "could not enrol records in scenario %s", scenario.id)
+            else:
+                cursor.execute(
+                    'RELEASE SAVEPOINT marketing_automation_enrol')
+                if count:
+                    logger.info(
+                        "enrolled %s records in scenario %s",
+                        count, scenario.id)
+
+    def enrol(self):
+        "Enrol by batches the matching records that are not enrolled yet"
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        Model = pool.get(self.model)
+        table = Model.__table__()
+        record = Record.__table__()
+        cursor = Transaction().connection.cursor()
+
+        candidates = Model.search([
+                self.pyson_domain,
+                ('marketing_party', 'not in', self._unsubscribed_parties()),
+                ], order=[], query=True)
+        reference = Concat(
+            self.model + ',',
+            Cast(table.id, Record.record.sql_type().base))
+        enrolled = record.select(
+            record.id,
+            where=(record.scenario == self.id) & (record.record == reference))
+
+        count, last = 0, 0
+        while True:
+            # Walk by ids to stream the candidates without materialising
+            cursor.execute(*table.select(
+                    table.id,
+                    where=(table.id > last)
+                    & table.id.in_(candidates)
+                    & ~Exists(enrolled),
+                    order_by=[table.id.asc],
+                    limit=batch_size()))
+            ids = [i for i, in cursor]
+            if not ids:
+                break
+            last = ids[-1]
+            Record.enrol(self, ids)
+            count += len(ids)
+        return count
+
+    def _unsubscribed_parties(self):
+        pool = Pool()
+        Unsubscribed = pool.get('party.party-marketing.automation.scenario')
+        unsubscribed = Unsubscribed.__table__()
+        return unsubscribed.select(
+            unsubscribed.party, where=unsubscribed.scenario == self.id)
+
+
+class Record(ModelSQL, ModelView):
+    __name__ = 'marketing.automation.record'
+    _rec_name = 'uuid'
+
+    scenario = fields.Many2One(
+        'marketing.automation.scenario', "Scenario",
+        required=True, ondelete='CASCADE')
+    record = fields.Reference(
+        "Record", selection='get_models', required=True)
+    blocked = fields.Boolean("Blocked")
+    uuid = fields.Char("UUID", readonly=True, strip=False)
+    record_activities = fields.One2Many(
+        'marketing.automation.record.activity', 'record', "Activities",
+        readonly=True)
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        t = cls.__table__()
+        cls._sql_constraints = [
+            ('scenario_record_unique', Unique(t, t.scenario, t.record),
+                'marketing_automation.msg_record_scenario_record_unique'),
+            ('uuid_unique', Unique(t, t.uuid),
+                'marketing_automation.msg_record_uuid_unique'),
+            ]
+        cls._buttons.update({
+                'block': {
+                    'invisible': Bool(Eval('blocked')),
+                    'depends': ['blocked'],
+                    },
+                })
+
+    @classmethod
+    def default_blocked(cls):
+        return False
+
+    @classmethod
+    def default_uuid(cls):
+        return new_token()
+
+    @classmethod
+    def get_models(cls):
+        return get_models()
+
+    @classmethod
+    def preprocess_values(cls, mode, values):
+        values = super().preprocess_values(mode, values)
+        if mode == 'create':
+            # default methods are called once per create call
+            values['uuid'] = new_token()
+        return values
+
+    @classmethod
+    def copy(cls, records, default=None):
+        default = default.copy() if default is not None else {}
+        default.setdefault('uuid', None)
+        default.setdefault('record_activities')
+        return super().copy(records, default=default)
+
+    @classmethod
+    def enrol(cls, scenario, ids):
+        """Enrol the records of ids in scenario and schedule its root
+        activities"""
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        record = cls.__table__()
+        record_activity = RecordActivity.__table__()
+        cursor = Transaction().connection.cursor()
+        transaction = Transaction()
+        now = dt.datetime.now()
+
+        # The ORM would issue a query per record to enrol
+        references = ['%s,%s' % (scenario.model, i) for i in ids]
+        cursor.execute(*record.insert(
+                [record.scenario, record.record, record.blocked, record.uuid,
+                    record.create_uid, record.create_date],
+                [[scenario.id, r, False, new_token(), transaction.user, now]
+                    for r in references]))
+        for activity in scenario.activities:
+            cursor.execute(*record_activity.insert(
+                    [record_activity.record, record_activity.activity,
+                        record_activity.at, record_activity.state,
+                        record_activity.email_opened,
+                        record_activity.email_clicked,
+                        record_activity.create_uid,
+                        record_activity.create_date],
+                    record.select(
+                        record.id, Literal(activity.id),
+                        Literal(now + (activity.delay or dt.timedelta())),
+                        Literal('waiting'), Literal(False), Literal(False),
+                        Literal(transaction.user), Literal(now),
+                        where=(record.scenario == scenario.id)
+                        & record.record.in_(references))))
+
+    @classmethod
+    @ModelView.button
+    def block(cls, records):
+        "Block the records and unsubscribe their party where allowed"
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        Party = pool.get('party.party')
+        records = [r for r in records if not r.blocked]
+        if not records:
+            return
+        cls.write(records, {'blocked': True})
+        RecordActivity.cancel_waiting(records)
+
+        unsubscribe = defaultdict(set)
+        for record in records:
+            if record.scenario.unsubscribable and record.record:
+                party = getattr(record.record, 'marketing_party', None)
+                if party:
+                    unsubscribe[party].add(record.scenario.id)
+        to_write = []
+        for party, scenario_ids in unsubscribe.items():
+            to_write.extend(([party], {
+                        'marketing_scenario_unsubscribed': [
+                            ('add', list(scenario_ids))],
+                        }))
+        if to_write:
+            Party.write(*to_write)

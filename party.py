@@ -1,0 +1,40 @@
+# This file is part of Tryton.  The COPYRIGHT file at the top level of
+# this repository contains the full copyright notices and license terms.
+
+from trytond.model import ModelSQL, fields
+from trytond.pool import PoolMeta
+
+from .marketing_automation import MarketingAutomationMixin
+
+
+class Party(MarketingAutomationMixin, metaclass=PoolMeta):
+    __name__ = 'party.party'
+
+    marketing_scenario_unsubscribed = fields.Many2Many(
+        'party.party-marketing.automation.scenario', 'party', 'scenario',
+        "Unsubscribed Marketing Scenarios",
+        help="The scenarios that never enrol this party again.")
+
+    def get_marketing_party(self, name):
+        return self.id
+
+    @classmethod
+    def search_marketing_party(cls, name, clause):
+        nested = clause[0][len(name) + 1:]
+        return [(nested or 'id',) + tuple(clause[1:])]
+
+    @classmethod
+    def copy(cls, parties, default=None):
+        default = default.copy() if default is not None else {}
+        default.setdefault('marketing_scenario_unsubscribed')
+        return super().copy(parties, default=default)
+
+
+class PartyUnsubscribedScenario(ModelSQL):
+    __name__ = 'party.party-marketing.automation.scenario'
+
+    party = fields.Many2One(
+        'party.party', "Party", required=True, ondelete='CASCADE')
+    scenario = fields.Many2One(
+        'marketing.automation.scenario', "Scenario",
+        required=True, ondelete='CASCADE')

@@ -1,0 +1,433 @@
+# This file is part of Tryton.  The COPYRIGHT file at the top level of
+# this repository contains the full copyright notices and license terms.
+import datetime as dt
+from collections import defaultdict
+
+from sql import Literal, Null
+
+import trytond.config as config
+from trytond.i18n import gettext
+from trytond.model import Index, ModelSQL, ModelView, Unique, Workflow, fields
+from trytond.pool import Pool
+from trytond.pyson import Eval, If
+from trytond.rpc import RPC
+from trytond.tools import grouped_slice, reduce_ids
+from trytond.transaction import Transaction
+
+from .marketing_automation import batch_size
+
+
+class RecordActivity(Workflow, ModelSQL, ModelView):
+    __name__ = 'marketing.automation.record.activity'
+
+    record = fields.Many2One(
+        'marketing.automation.record', "Record",
+        required=True, ondelete='CASCADE')
+    activity = fields.Many2One(
+        'marketing.automation.activity', "Activity",
+        required=True, ondelete='CASCADE')
+    activity_action = fields.Function(
+        fields.Selection('get_activity_actions', "Activity Action"),
+        'on_change_with_activity_action')
+    at = fields.DateTime("At")
+    email_opened = fields.Boolean(
+        "E-mail Opened",
+        states={
+            'invisible': Eval('activity_action') != 'send_email',
+            })
+    email_clicked = fields.Boolean(
+        "E-mail Clicked",
+        states={
+            'invisible': Eval('activity_action') != 'send_email',
+            })
+    state = fields.Selection([
+            ('waiting', "Waiting"),
+            ('done', "Done"),
+            ('cancelled', "Cancelled"),
+            ('failed', "Failed"),
+            ], "State", required=True, readonly=True, sort=False)
+    error = fields.Text(
+        "Error", readonly=True,
+        states={
+            'invisible': ~Eval('error'),
+            })
+    email_status = fields.Function(fields.Selection([
+                (None, ""),
+                ('pending', "Pending"),
+                ('sending', "Sending"),
+                ('sent', "Sent"),
+                ('failed', "Failed"),
+                ], "E-mail Status",
+            states={
+                'invisible': Eval('activity_action') != 'send_email',
+                }),
+        'get_email_delivery')
+    email_attempts = fields.Function(fields.Integer(
+            "E-mail Attempts",
+            states={
+                'invisible': Eval('activity_action') != 'send_email',
+                }),
+        'get_email_delivery')
+    email_error = fields.Function(fields.Text(
+            "E-mail Error",
+            states={
+                'invisible': Eval('activity_action') != 'send_email',
+                }),
+        'get_email_delivery')
+    email_next_try = fields.Function(fields.DateTime(
+            "E-mail Next Try",
+            states={
+                'invisible': Eval('activity_action') != 'send_email',
+                }),
+        'get_email_delivery')
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        t = cls.__table__()
+        cls._sql_constraints = [
+            ('activity_record_unique', Unique(t, t.activity, t.record),
+                'marketing_automation.msg_record_activity_unique'),
+            ]
+        cls._sql_indexes.update({
+                Index(t,
+                    (t.state, Index.Equality(cardinality='low')),
+                    (t.at, Index.Range()),
+                    where=t.state == 'waiting'),
+                Index(t, (t.record, Index.Range())),
+                })
+        cls._order.insert(0, ('at', 'DESC NULLS FIRST'))
+        cls._transitions |= {
+            ('waiting', 'done'),
+            ('waiting', 'cancelled'),
+            ('waiting', 'failed'),
+            ('done', 'failed'),
+            }
+        cls.__rpc__.update({
+                'process': RPC(readonly=False),
+                })
+        cls._buttons.update({
+                'on_email_opened': {
+                    'invisible': ((Eval('state') != 'done')
+                        | Eval('email_opened', True)
+                        | (Eval('activity_action') != 'send_email')),
+                    'depends': ['state', 'email_opened', 'activity_action'],
+                    },
+                'on_email_clicked': {
+                    'invisible': ((Eval('state') != 'done')
+                        | Eval('email_clicked', True)
+                        | (Eval('activity_action') != 'send_email')),
+                    'depends': ['state', 'email_clicked', 'activity_action'],
+                    },
+                })
+
+    @classmethod
+    def default_state(cls):
+        return 'waiting'
+
+    @classmethod
+    def default_email_opened(cls):
+        return False
+
+    @classmethod
+    def default_email_clicked(cls):
+        return False
+
+    @classmethod
+    def get_activity_actions(cls):
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        return Activity.fields_get(['action'])['action']['selection']
+
+    @fields.depends('activity')
+    def on_change_with_activity_action(self, name=None):
+        if self.activity:
+            return self.activity.action
+
+    def get_rec_name(self, name):
+        return '%s @ %s' % (
+            self.activity.rec_name, self.record.rec_name)
+
+    @classmethod
+    def get_email_delivery(cls, record_activities, names):
+        pool = Pool()
+        Email = pool.get('ir.email')
+        return Email.marketing_automation_delivery(record_activities, names)
+
+    @classmethod
+    def view_attributes(cls):
+        return super().view_attributes() + [
+            ('/tree', 'visual', If(Eval('state') == 'failed', 'danger',
+                    If(Eval('state') == 'cancelled', 'muted', ''))),
+            ]
+
+    @classmethod
+    def process(cls):
+        "Execute the due record activities, then deliver their e-mails"
+        pool = Pool()
+        Email = pool.get('ir.email')
+        has_worker = config.getboolean('queue', 'worker', default=False)
+        for record_activities in cls._due_batches():
+            if has_worker:
+                with Transaction().set_context(queue_batch=len(
+                            record_activities)):
+                    cls.__queue__.execute(record_activities)
+            else:
+                cls.execute(record_activities)
+        Email.marketing_automation_deliver()
+
+    @classmethod
+    def _due_batches(cls):
+        "Yield by batches the due record activities of running scenarios"
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        Scenario = pool.get('marketing.automation.scenario')
+        record_activity = cls.__table__()
+        record = Record.__table__()
+        scenario = Scenario.__table__()
+        cursor = Transaction().connection.cursor()
+        now = dt.datetime.now()
+
+        last = 0
+        while True:
+            cursor.execute(*record_activity
+                .join(record, condition=record_activity.record == record.id)
+                .join(scenario, condition=record.scenario == scenario.id)
+                .select(record_activity.id,
+                    where=(record_activity.state == 'waiting')
+                    & (record_activity.at != Null)
+                    & (record_activity.at <= now)
+                    & (record_activity.id > last)
+                    & (record.blocked == Literal(False))
+                    & (scenario.state == 'running'),
+                    order_by=[record_activity.id.asc],
+                    limit=batch_size()))
+            ids = [i for i, in cursor]
+            if not ids:
+                break
+            last = ids[-1]
+            yield cls.browse(ids)
+
+    @classmethod
+    def execute(cls, record_activities):
+        "Run the due record activities, each one isolated from the others"
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        now = dt.datetime.now()
+
+        record_activities = cls._still_due(record_activities)
+        by_activity = defaultdict(list)
+        for record_activity in record_activities:
+            by_activity[record_activity.activity].append(record_activity)
+
+        done, cancelled, failed = [], [], defaultdict(list)
+        for activity, activities in by_activity.items():
+            due = []
+            for record_activity in activities:
+                try:
+                    if activity.is_due(record_activity):
+                        due.append(record_activity)
+                    else:
+                        cancelled.append(record_activity)
+                except Exception as exception:
+                    failed[gettext(
+                            'marketing_automation.msg_condition_failed',
+                            activity=activity.rec_name,
+                            exception=exception)].append(record_activity)
+            errors = Activity.execute(activity, due) or {}
+            for record_activity in due:
+                if record_activity in errors:
+                    failed[errors[record_activity]].append(record_activity)
+                else:
+                    done.append(record_activity)
+
+        cls._mark(done, 'done', at=now)
+        cls._mark(cancelled, 'cancelled', at=now)
+        for error, activities in failed.items():
+            cls._mark(activities, 'failed', at=now, error=error)
+        cls.schedule_children(done, now)
+        cls.cancel_siblings(done)
+
+    @classmethod
+    def _still_due(cls, record_activities):
+        "Keep those which are still due when a worker runs them"
+        now = dt.datetime.now()
+        return [ra for ra in record_activities
+            if ra.state == 'waiting'
+            and ra.at is not None and ra.at <= now
+            and not ra.record.blocked
+            and ra.record.scenario.state == 'running']
+
+    @classmethod
+    def _mark(cls, record_activities, state, at, error=None):
+        """Change the state of record activities which are still waiting.
+
+        The condition on the state makes concurrent runs harmless."""
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        transaction = Transaction()
+        for sub_ids in grouped_slice(list(map(int, record_activities))):
+            columns = [table.state, table.at, table.write_uid,
+                table.write_date]
+            values = [state, at, transaction.user, at]
+            if error is not None:
+                columns.append(table.error)
+                values.append(error)
+            cursor.execute(*table.update(columns, values,
+                    where=reduce_ids(table.id, sub_ids)
+                    & (table.state == 'waiting')))
+
+    @classmethod
+    def schedule_children(cls, record_activities, now):
+        """Create the record activities of the children of the activities
+        that just ran"""
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        transaction = Transaction()
+        rows = []
+        for record_activity in record_activities:
+            for child in record_activity.activity.children:
+                if child.event and not child.negative:
+                    # It waits for its event, so it has no date yet
+                    at = None
+                else:
+                    at = now + (child.delay or dt.timedelta())
+                rows.append([record_activity.record.id, child.id, at,
+                        'waiting', False, False, transaction.user, now])
+        for sub_rows in grouped_slice(rows):
+            cursor.execute(*table.insert(
+                    [table.record, table.activity, table.at, table.state,
+                        table.email_opened, table.email_clicked,
+                        table.create_uid, table.create_date],
+                    list(sub_rows)))
+
+    @classmethod
+    def cancel_siblings(cls, record_activities):
+        """Cancel the positive siblings of the negative activities that ran:
+        their event did not happen in time"""
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        negatives = [ra for ra in record_activities if ra.activity.negative]
+        if not negatives:
+            return
+        by_event = defaultdict(list)
+        for record_activity in negatives:
+            activity = record_activity.activity
+            by_event[(str(activity.parent), activity.event)].append(
+                record_activity.record.id)
+        for (parent, event), record_ids in by_event.items():
+            siblings = Activity.search([
+                    ('parent', '=', parent),
+                    ('event', '=', event),
+                    ('negative', '=', False),
+                    ])
+            cls._cancel(siblings, record_ids)
+
+    @classmethod
+    def _cancel(cls, activities, record_ids):
+        "Cancel the waiting record activities of activities for record_ids"
+        if not activities or not record_ids:
+            return
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        now = dt.datetime.now()
+        activity_ids = list(map(int, activities))
+        for sub_ids in grouped_slice(record_ids):
+            cursor.execute(*table.update(
+                    [table.state, table.write_date],
+                    ['cancelled', now],
+                    where=reduce_ids(table.record, sub_ids)
+                    & table.activity.in_(activity_ids)
+                    & (table.state == 'waiting')))
+
+    @classmethod
+    def fail_delivery(cls, pairs, error):
+        """Fail the record activities of the (activity, record) pairs whose
+        e-mail could not be delivered, and cancel what follows them"""
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        now = dt.datetime.now()
+        by_activity = defaultdict(list)
+        for activity_id, record_id in pairs:
+            if activity_id and record_id:
+                by_activity[activity_id].append(record_id)
+        for activity_id, record_ids in by_activity.items():
+            for sub_ids in grouped_slice(record_ids):
+                cursor.execute(*table.update(
+                        [table.state, table.error, table.write_date],
+                        ['failed', error, now],
+                        where=reduce_ids(table.record, sub_ids)
+                        & (table.activity == activity_id)))
+            cls._cancel(Activity(activity_id).children, record_ids)
+
+    @classmethod
+    def cancel_waiting(cls, records):
+        "Cancel all the waiting record activities of the blocked records"
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        now = dt.datetime.now()
+        for sub_ids in grouped_slice(list(map(int, records))):
+            cursor.execute(*table.update(
+                    [table.state, table.write_date],
+                    ['cancelled', now],
+                    where=reduce_ids(table.record, sub_ids)
+                    & (table.state == 'waiting')))
+
+    @classmethod
+    @ModelView.button
+    def on_email_opened(cls, record_activities, at=None):
+        "Record that the e-mail was opened and move the tree on"
+        record_activities = [
+            ra for ra in record_activities
+            if ra.state == 'done' and not ra.email_opened]
+        if not record_activities:
+            return
+        cls.write(record_activities, {'email_opened': True})
+        cls.on_event(record_activities, 'email_opened', at=at)
+
+    @classmethod
+    @ModelView.button
+    def on_email_clicked(cls, record_activities, at=None):
+        "Record that a link was clicked; a click implies an open"
+        record_activities = [ra for ra in record_activities
+            if ra.state == 'done']
+        cls.on_email_opened(
+            [ra for ra in record_activities if not ra.email_opened], at=at)
+        record_activities = [
+            ra for ra in record_activities if not ra.email_clicked]
+        if not record_activities:
+            return
+        cls.write(record_activities, {'email_clicked': True})
+        cls.on_event(record_activities, 'email_clicked', at=at)
+
+    @classmethod
+    def on_event(cls, record_activities, event, at=None):
+        """Make the children waiting for event due and cancel their negative
+        siblings"""
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        if at is None:
+            at = dt.datetime.now()
+        positives, negatives = defaultdict(list), []
+        for record_activity in record_activities:
+            for child in record_activity.activity.children:
+                if child.event != event:
+                    continue
+                if child.negative:
+                    negatives.append(child)
+                else:
+                    positives[child].append(record_activity.record.id)
+        for child, record_ids in positives.items():
+            for sub_ids in grouped_slice(record_ids):
+                cursor.execute(*table.update(
+                        [table.at, table.write_date],
+                        [at + (child.delay or dt.timedelta()), at],
+                        where=reduce_ids(table.record, sub_ids)
+                        & (table.activity == child.id)
+                        & (table.state == 'waiting')
+                        & (table.at == Null)))
+        cls._cancel(
+            list(set(negatives)),
+            list({ra.record.id for ra in record_activities}))

@@ -1,0 +1,173 @@
+# This file is part of Tryton.  The COPYRIGHT file at the top level of
+# this repository contains the full copyright notices and license terms.
+"""The links of the e-mails: open image, click redirect and unsubscribe
+
+A URL carries only the database name and unguessable tokens. Bad input is
+answered with 4xx and changes nothing."""
+import base64
+import html
+import logging
+import re
+from functools import wraps
+
+from werkzeug.exceptions import HTTPException
+
+from trytond.i18n import gettext
+from trytond.protocols.wrappers import (
+    HTTPStatus, Response, abort, redirect, with_pool, with_transaction)
+from trytond.transaction import Transaction
+from trytond.wsgi import app
+
+from . import email_
+
+logger = logging.getLogger(__name__)
+
+DATABASE = re.compile(r'^[\w.:-]{1,128}$', re.ASCII)
+TOKEN = re.compile(r'^[0-9a-f]{32}$')
+KEY = re.compile(r'^[0-9a-f]{16}$')
+# A transparent GIF of one pixel
+PIXEL = base64.b64decode(
+    'R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7')
+ONE_CLICK = 'One-Click'
+
+
+def pixel(status=HTTPStatus.OK):
+    return Response(PIXEL, status, content_type='image/gif', headers={
+            'Cache-Control': 'no-store, max-age=0',
+            })
+
+
+def tracking(on_bad=None):
+    """Check the shape of the URL before any database work, and never let
+    bad input become a server error"""
+    def decorator(func):
+        @wraps(func)
+        def wrapper(request, database_name, *args, **kwargs):
+            def bad():
+                if on_bad:
+                    return on_bad(HTTPStatus.NOT_FOUND)
+                abort(HTTPStatus.NOT_FOUND)
+            if not DATABASE.match(database_name):
+                return bad()
+            for value in list(args) + list(kwargs.values()):
+                if not (TOKEN.match(value) or KEY.match(value)):
+                    return bad()
+            try:
+                return func(request, database_name, *args, **kwargs)
+            except HTTPException as exception:
+                if on_bad and 400 <= (exception.code or 0) < 500:
+                    return on_bad(exception.code)
+                raise
+        return wrapper
+    return decorator
+
+
+def _record_activities(pool, email):
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    if not (email.marketing_automation_activity
+            and email.marketing_automation_record):
+        return []
+    return RecordActivity.search([
+            ('activity', '=', email.marketing_automation_activity.id),
+            ('record', '=', email.marketing_automation_record.id),
+            ])
+
+
+@app.route('/m/<database_name>/o/<token>.gif', methods={'GET', 'HEAD'})
+@tracking(on_bad=pixel)
+@with_pool
+@with_transaction(readonly=False)
+def email_open(request, pool, token):
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    email = email_.find(token)
+    if email is None:
+        return pixel(HTTPStatus.NOT_FOUND)
+    if request.method == 'GET':
+        RecordActivity.on_email_opened(_record_activities(pool, email))
+    return pixel()
+
+
+@app.route('/m/<database_name>/c/<token>/<key>', methods={'GET', 'HEAD'})
+@tracking()
+@with_pool
+@with_transaction(readonly=False)
+def email_click(request, pool, token, key):
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    email = email_.find(token)
+    target = email_.target(email, key) if email else None
+    if not target:
+        abort(HTTPStatus.NOT_FOUND)
+    if request.method == 'GET':
+        RecordActivity.on_email_clicked(_record_activities(pool, email))
+    return redirect(target, code=HTTPStatus.FOUND)
+
+
+@app.route('/m/<database_name>/u/<record_uuid>',
+    methods={'GET', 'HEAD', 'POST'})
+@app.route('/m/<database_name>/u/<record_uuid>/<key>',
+    methods={'GET', 'HEAD', 'POST'})
+@tracking()
+@with_pool
+@with_transaction(readonly=False)
+def unsubscribe(request, pool, record_uuid, key=None):
+    Record = pool.get('marketing.automation.record')
+    Email = pool.get('ir.email')
+    records = Record.search([('uuid', '=', record_uuid)], limit=1)
+    if not records:
+        abort(HTTPStatus.NOT_FOUND)
+    record, = records
+    target = None
+    if key:
+        for email in Email.search([
+                    ('marketing_automation_record', '=', record.id),
+                    ]):
+            target = email_.target(email, key)
+            if target:
+                break
+        else:
+            abort(HTTPStatus.NOT_FOUND)
+
+    with Transaction().set_context(language=_language(record)):
+        if request.method != 'POST':
+            # A GET may come from a scanner, so it only asks
+            return _page(record, confirm=not record.blocked)
+        Record.block([record])
+        if request.form.get('List-Unsubscribe') == ONE_CLICK:
+            # RFC 8058: no redirect and no page to show
+            return Response('', HTTPStatus.OK, content_type='text/plain')
+        if target:
+            return redirect(target, code=HTTPStatus.SEE_OTHER)
+        return _page(record, confirm=False)
+
+
+def _language(record):
+    party = getattr(record.record, 'marketing_party', None)
+    if party and party.lang:
+        return party.lang.code
+
+
+def _page(record, confirm):
+    scenario = record.scenario.rec_name
+    title = html.escape(gettext('marketing_automation.msg_unsubscribe_title'))
+    if confirm:
+        text = gettext(
+            'marketing_automation.msg_unsubscribe_confirm', scenario=scenario)
+        button = gettext('marketing_automation.msg_unsubscribe_button')
+        content = (
+            '<p>%s</p><form method="post">'
+            '<button type="submit" name="unsubscribe" value="1">%s</button>'
+            '</form>') % (html.escape(text), html.escape(button))
+    else:
+        text = gettext(
+            'marketing_automation.msg_unsubscribed', scenario=scenario)
+        content = '<p>%s</p>' % html.escape(text)
+    language = html.escape(Transaction().language or 'en')
+    page = (
+        '<!DOCTYPE html><html lang="%s"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width">'
+        '<meta name="robots" content="noindex">'
+        '<title>%s</title></head><body>%s</body></html>') % (
+        language, title, content)
+    return Response(page, HTTPStatus.OK, content_type='text/html', headers={
+            'Cache-Control': 'no-store',
+            })
