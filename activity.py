@@ -138,6 +138,14 @@ class Activity(ModelSQL, ModelView):
         cls._order.insert(0, ('name', 'ASC'))
 
     @classmethod
+    def view_attributes(cls):
+        return super().view_attributes() + [
+            ('//page[@id="email"]', 'states', {
+                    'invisible': Eval('action') != 'send_email',
+                    }),
+            ]
+
+    @classmethod
     def default_negative(cls):
         return False
 

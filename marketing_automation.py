@@ -322,7 +322,6 @@ class Scenario(Workflow, ModelSQL, ModelView):
 
 class Record(ModelSQL, ModelView):
     __name__ = 'marketing.automation.record'
-    _rec_name = 'uuid'
 
     scenario = fields.Many2One(
         'marketing.automation.scenario', "Scenario",
@@ -351,6 +350,13 @@ class Record(ModelSQL, ModelView):
                     'depends': ['blocked'],
                     },
                 })
+
+    def get_rec_name(self, name):
+        return self.record.rec_name if self.record else self.uuid
+
+    @classmethod
+    def search_rec_name(cls, name, clause):
+        return [('uuid',) + tuple(clause[1:])]
 
     @classmethod
     def default_blocked(cls):

@@ -159,6 +159,9 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         return super().view_attributes() + [
             ('/tree', 'visual', If(Eval('state') == 'failed', 'danger',
                     If(Eval('state') == 'cancelled', 'muted', ''))),
+            ('//group[@id="email"]', 'states', {
+                    'invisible': Eval('activity_action') != 'send_email',
+                    }),
             ]
 
     @classmethod
