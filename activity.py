@@ -100,6 +100,14 @@ class Activity(ModelSQL, ModelView):
                 'invisible': Eval('action') != 'send_email',
                 }),
         'get_statistics')
+    email_opened_machine = fields.Function(
+        fields.Integer(
+            "E-mails Opened by Machine",
+            states={
+                'invisible': Eval('action') != 'send_email',
+                },
+            help="Opens by privacy proxies: they move no branch."),
+        'get_statistics')
     email_clicked = fields.Function(
         fields.Integer(
             "E-mails Clicked",
@@ -196,15 +204,21 @@ class Activity(ModelSQL, ModelView):
                     Count(Literal('*')),
                     Sum(Case((record_activity.email_opened, 1), else_=0)),
                     Sum(Case((record_activity.email_clicked, 1), else_=0)),
+                    Sum(Case(
+                            (record_activity.email_opened_machine, 1),
+                            else_=0)),
                     where=reduce_ids(record_activity.activity, sub_ids)
                     & (record_activity.state == 'done'),
                     group_by=record_activity.activity))
-            counts = {a: (d, o or 0, c or 0) for a, d, o, c in cursor}
+            counts = {a: (d, o or 0, c or 0, m or 0)
+                for a, d, o, c, m in cursor}
             for activity_id in sub_ids:
-                done, opened, clicked = counts.get(activity_id, (0, 0, 0))
+                done, opened, clicked, machine = counts.get(
+                    activity_id, (0, 0, 0, 0))
                 row = {
                     'record_count': done,
                     'email_opened': opened,
+                    'email_opened_machine': machine,
                     'email_clicked': clicked,
                     'email_open_rate': (
                         round(opened / done, 2) if done else 0.),

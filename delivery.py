@@ -191,9 +191,11 @@ def _sent(email_id):
                 table.marketing_automation_message,
                 table.marketing_automation_claim,
                 table.marketing_automation_error,
-                table.marketing_automation_attempts],
+                table.marketing_automation_attempts,
+                table.marketing_automation_sent_at],
             ['sent', Null, Null, Null,
-                table.marketing_automation_attempts + 1],
+                table.marketing_automation_attempts + 1,
+                dt.datetime.now()],
             where=table.id == email_id))
 
 

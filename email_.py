@@ -5,7 +5,7 @@ import datetime as dt
 import hashlib
 import json
 import re
-from collections import defaultdict
+from collections import defaultdict, namedtuple
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid
@@ -331,21 +331,43 @@ def _store(Email, rows):
         cursor.execute(*email.insert(columns, list(sub_rows)))
 
 
-def find(token):
-    "Return the e-mail of the token or None"
+Tracked = namedtuple('Tracked', [
+        'record_activity', 'state', 'opened', 'clicked', 'opened_machine',
+        'filtered', 'links', 'sent_at'])
+
+
+def lookup(token):
+    "Return what the routes need to know of the e-mail of token, or None"
     pool = Pool()
     Email = pool.get('ir.email')
-    emails = Email.search([
-            ('marketing_automation_token', '=', token),
-            ], limit=1)
-    if emails:
-        return emails[0]
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    email = Email.__table__()
+    record_activity = RecordActivity.__table__()
+    cursor = Transaction().connection.cursor()
+    # One query instead of two searches and their reads
+    cursor.execute(*email.join(record_activity, condition=(
+                record_activity.activity
+                == email.marketing_automation_activity)
+            & (record_activity.record == email.marketing_automation_record)
+            ).select(
+            record_activity.id, record_activity.state,
+            record_activity.email_opened, record_activity.email_clicked,
+            record_activity.email_opened_machine,
+            record_activity.email_filtered,
+            email.marketing_automation_links,
+            email.marketing_automation_sent_at,
+            where=email.marketing_automation_token == token,
+            limit=1))
+    row = cursor.fetchone()
+    if row:
+        return Tracked(*row)
 
 
-def target(email, key):
-    "Return the target of the link key in email or None"
+def target(links, key):
+    "Return the target of the link key in the JSON links or None"
     try:
-        links = json.loads(email.marketing_automation_links or '{}')
+        links = json.loads(links or '{}')
     except ValueError:
         return None
-    return links.get(key)
+    if isinstance(links, dict):
+        return links.get(key)

@@ -53,6 +53,8 @@ class Email(metaclass=PoolMeta):
         "Marketing Error", readonly=True)
     marketing_automation_next_try = fields.DateTime(
         "Marketing Next Try", readonly=True)
+    marketing_automation_sent_at = fields.DateTime(
+        "Marketing Sent At", readonly=True)
     marketing_automation_claim = fields.Char(
         "Marketing Claim", readonly=True, strip=False)
 

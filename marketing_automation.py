@@ -410,12 +410,15 @@ class Record(ModelSQL, ModelView):
                         record_activity.at, record_activity.state,
                         record_activity.email_opened,
                         record_activity.email_clicked,
+                        record_activity.email_opened_machine,
+                        record_activity.email_filtered,
                         record_activity.create_uid,
                         record_activity.create_date],
                     record.select(
                         record.id, Literal(activity.id),
                         Literal(now + (activity.delay or dt.timedelta())),
                         Literal('waiting'), Literal(False), Literal(False),
+                        Literal(False), Literal(False),
                         Literal(transaction.user), Literal(now),
                         where=(record.scenario == scenario.id)
                         & record.record.in_(references))))

@@ -40,6 +40,18 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         states={
             'invisible': Eval('activity_action') != 'send_email',
             })
+    email_opened_machine = fields.Boolean(
+        "E-mail Opened by Machine", readonly=True,
+        states={
+            'invisible': Eval('activity_action') != 'send_email',
+            },
+        help="The image was fetched by a privacy proxy, not by a person.")
+    email_filtered = fields.Boolean(
+        "E-mail Event Filtered", readonly=True,
+        states={
+            'invisible': Eval('activity_action') != 'send_email',
+            },
+        help="A scanner, a prefetch or a too early click was ignored.")
     state = fields.Selection([
             ('waiting', "Waiting"),
             ('done', "Done"),
@@ -131,6 +143,14 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
 
     @classmethod
     def default_email_clicked(cls):
+        return False
+
+    @classmethod
+    def default_email_opened_machine(cls):
+        return False
+
+    @classmethod
+    def default_email_filtered(cls):
         return False
 
     @classmethod
@@ -296,11 +316,13 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 else:
                     at = now + (child.delay or dt.timedelta())
                 rows.append([record_activity.record.id, child.id, at,
-                        'waiting', False, False, transaction.user, now])
+                        'waiting', False, False, False, False,
+                        transaction.user, now])
         for sub_rows in grouped_slice(rows):
             cursor.execute(*table.insert(
                     [table.record, table.activity, table.at, table.state,
                         table.email_opened, table.email_clicked,
+                        table.email_opened_machine, table.email_filtered,
                         table.create_uid, table.create_date],
                     list(sub_rows)))
 
@@ -404,6 +426,22 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             return
         cls.write(record_activities, {'email_clicked': True})
         cls.on_event(record_activities, 'email_clicked', at=at)
+
+    @classmethod
+    def on_email_opened_machine(cls, record_activities):
+        "Record an automated open: it counts but moves nothing"
+        record_activities = [ra for ra in record_activities
+            if ra.state == 'done' and not ra.email_opened_machine]
+        if record_activities:
+            cls.write(record_activities, {'email_opened_machine': True})
+
+    @classmethod
+    def on_email_filtered(cls, record_activities):
+        "Record that an event was ignored as not coming from a person"
+        record_activities = [ra for ra in record_activities
+            if ra.state == 'done' and not ra.email_filtered]
+        if record_activities:
+            cls.write(record_activities, {'email_filtered': True})
 
     @classmethod
     def on_event(cls, record_activities, event, at=None):

@@ -5,6 +5,7 @@
 A URL carries only the database name and unguessable tokens. Bad input is
 answered with 4xx and changes nothing."""
 import base64
+import datetime as dt
 import html
 import logging
 import re
@@ -12,13 +13,14 @@ from functools import wraps
 
 from werkzeug.exceptions import HTTPException
 
+import trytond.config as config
 from trytond.i18n import gettext
 from trytond.protocols.wrappers import (
     HTTPStatus, Response, abort, redirect, with_pool, with_transaction)
 from trytond.transaction import Transaction
 from trytond.wsgi import app
 
-from . import email_
+from . import email_, scanner
 
 logger = logging.getLogger(__name__)
 
@@ -62,15 +64,10 @@ def tracking(on_bad=None):
     return decorator
 
 
-def _record_activities(pool, email):
-    RecordActivity = pool.get('marketing.automation.record.activity')
-    if not (email.marketing_automation_activity
-            and email.marketing_automation_record):
-        return []
-    return RecordActivity.search([
-            ('activity', '=', email.marketing_automation_activity.id),
-            ('record', '=', email.marketing_automation_record.id),
-            ])
+def click_delay():
+    "How long after sending a click is taken for a scanner's"
+    return dt.timedelta(seconds=config.getint(
+            'marketing', 'automation_click_delay', default=60))
 
 
 @app.route('/m/<database_name>/o/<token>.gif', methods={'GET', 'HEAD'})
@@ -79,11 +76,22 @@ def _record_activities(pool, email):
 @with_transaction(readonly=False)
 def email_open(request, pool, token):
     RecordActivity = pool.get('marketing.automation.record.activity')
-    email = email_.find(token)
-    if email is None:
+    tracked = email_.lookup(token)
+    if tracked is None:
         return pixel(HTTPStatus.NOT_FOUND)
-    if request.method == 'GET':
-        RecordActivity.on_email_opened(_record_activities(pool, email))
+    if tracked.state == 'done':
+        # A repeat changes nothing so it does not write
+        who = scanner.classify(request)
+        record_activities = RecordActivity.browse(
+            [tracked.record_activity])
+        if who == scanner.PERSON:
+            if not tracked.opened:
+                RecordActivity.on_email_opened(record_activities)
+        elif who == scanner.MACHINE:
+            if not tracked.opened_machine:
+                RecordActivity.on_email_opened_machine(record_activities)
+        elif not tracked.filtered:
+            RecordActivity.on_email_filtered(record_activities)
     return pixel()
 
 
@@ -93,12 +101,21 @@ def email_open(request, pool, token):
 @with_transaction(readonly=False)
 def email_click(request, pool, token, key):
     RecordActivity = pool.get('marketing.automation.record.activity')
-    email = email_.find(token)
-    target = email_.target(email, key) if email else None
+    tracked = email_.lookup(token)
+    target = email_.target(tracked.links, key) if tracked else None
     if not target:
         abort(HTTPStatus.NOT_FOUND)
-    if request.method == 'GET':
-        RecordActivity.on_email_clicked(_record_activities(pool, email))
+    if tracked.state == 'done':
+        record_activities = RecordActivity.browse(
+            [tracked.record_activity])
+        early = (not tracked.sent_at
+            or dt.datetime.now() < tracked.sent_at + click_delay())
+        if scanner.classify(request) == scanner.PERSON and not early:
+            if not tracked.clicked:
+                RecordActivity.on_email_clicked(record_activities)
+        elif not tracked.filtered:
+            RecordActivity.on_email_filtered(record_activities)
+    # Every caller is sent on, only the counting differs
     return redirect(target, code=HTTPStatus.FOUND)
 
 
@@ -121,7 +138,7 @@ def unsubscribe(request, pool, record_uuid, key=None):
         for email in Email.search([
                     ('marketing_automation_record', '=', record.id),
                     ]):
-            target = email_.target(email, key)
+            target = email_.target(email.marketing_automation_links, key)
             if target:
                 break
         else:
