@@ -7,6 +7,7 @@ crash can only send again the e-mail that was in the SMTP transaction."""
 import datetime as dt
 import logging
 import smtplib
+import time
 from collections import defaultdict
 from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr
@@ -14,6 +15,7 @@ from email.utils import getaddresses, parseaddr
 from sql import Null
 
 import trytond.config as config
+from trytond import backend
 from trytond.i18n import gettext
 from trytond.pool import Pool
 from trytond.sendmail import get_smtp_server
@@ -47,11 +49,9 @@ def retry_delay(attempts):
 
 def deliver():
     "Send the pending e-mails of the outbox by claimed batches"
-    transaction = Transaction()
     sent = 0
     while True:
-        claim = _claim()
-        transaction.commit()
+        claim = _claim_retrying()
         emails = _claimed(claim)
         if not emails:
             break
@@ -64,6 +64,21 @@ def deliver():
 
 def _table():
     return Pool().get('ir.email').__table__()
+
+
+def _claim_retrying(retry=5):
+    "Claim and commit; a concurrent claim of the same rows makes it retry"
+    transaction = Transaction()
+    for count in range(retry, -1, -1):
+        try:
+            claim = _claim()
+            transaction.commit()
+            return claim
+        except backend.DatabaseOperationalError:
+            transaction.rollback()
+            if not count:
+                raise
+            time.sleep(0.02 * (retry - count + 1))
 
 
 def _claim():

@@ -5,7 +5,7 @@ import logging
 import secrets
 from collections import defaultdict
 
-from sql import Cast, Literal
+from sql import Cast, For, Literal
 from sql.aggregate import Count, Sum
 from sql.conditionals import Case
 from sql.operators import Concat, Exists
@@ -294,6 +294,7 @@ class Scenario(Workflow, ModelSQL, ModelView):
             record.id,
             where=(record.scenario == self.id) & (record.record == reference))
 
+        self._lock_enrolment()
         count, last = 0, 0
         while True:
             # Walk by ids to stream the candidates without materialising
@@ -311,6 +312,18 @@ class Scenario(Workflow, ModelSQL, ModelView):
             Record.enrol(self, ids)
             count += len(ids)
         return count
+
+    def _lock_enrolment(self):
+        """Keep two runs from enrolling in the same scenario at once
+
+        The unique constraint on records is the last guard."""
+        table = self.__table__()
+        transaction = Transaction()
+        if transaction.database.has_select_for():
+            cursor = transaction.connection.cursor()
+            cursor.execute(*table.select(table.id,
+                    where=table.id == self.id,
+                    for_=For('UPDATE', nowait=True)))
 
     def _unsubscribed_parties(self):
         pool = Pool()

@@ -3,7 +3,7 @@
 import datetime as dt
 from collections import defaultdict
 
-from sql import Literal, Null
+from sql import For, Literal, Null
 
 import trytond.config as config
 from trytond.i18n import gettext
@@ -187,16 +187,25 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
     @classmethod
     def process(cls):
         "Execute the due record activities, then deliver their e-mails"
-        pool = Pool()
-        Email = pool.get('ir.email')
+        transaction = Transaction()
         has_worker = config.getboolean('queue', 'worker', default=False)
         for record_activities in cls._due_batches():
             if has_worker:
-                with Transaction().set_context(queue_batch=len(
-                            record_activities)):
+                with transaction.set_context(
+                        queue_batch=len(record_activities)):
                     cls.__queue__.execute(record_activities)
             else:
                 cls.execute(record_activities)
+                # Each batch is kept even if a later one fails
+                transaction.commit()
+        if not has_worker:
+            cls.deliver()
+
+    @classmethod
+    def deliver(cls, record_activities=None):
+        "Send the e-mails waiting in the outbox"
+        pool = Pool()
+        Email = pool.get('ir.email')
         Email.marketing_automation_deliver()
 
     @classmethod
@@ -238,7 +247,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         Activity = pool.get('marketing.automation.activity')
         now = dt.datetime.now()
 
-        record_activities = cls._still_due(record_activities)
+        record_activities = cls._still_due(cls._lock(record_activities))
         by_activity = defaultdict(list)
         for record_activity in record_activities:
             by_activity[record_activity.activity].append(record_activity)
@@ -270,6 +279,29 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             cls._mark(activities, 'failed', at=now, error=error)
         cls.schedule_children(done, now)
         cls.cancel_siblings(done)
+        if config.getboolean('queue', 'worker', default=False):
+            # Let a worker send what this batch composed
+            cls.__queue__.deliver(record_activities[:1])
+
+    @classmethod
+    def _lock(cls, record_activities):
+        """Lock the record activities which are still waiting and return them
+
+        A concurrent run that executed them already makes this run fail and
+        retry, so no e-mail is composed twice."""
+        table = cls.__table__()
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        waiting = set()
+        for sub_ids in grouped_slice(list(map(int, record_activities))):
+            query = table.select(table.id,
+                where=reduce_ids(table.id, sub_ids)
+                & (table.state == 'waiting'))
+            if transaction.database.has_select_for():
+                query.for_ = For('UPDATE')
+            cursor.execute(*query)
+            waiting.update(i for i, in cursor)
+        return [ra for ra in record_activities if ra.id in waiting]
 
     @classmethod
     def _still_due(cls, record_activities):
