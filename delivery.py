@@ -22,7 +22,7 @@ from trytond.sendmail import get_smtp_server
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
-from .marketing_automation import new_token
+from .marketing_automation import current_time, new_token
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def _claim():
     table = _table()
     transaction = Transaction()
     cursor = transaction.connection.cursor()
-    now = dt.datetime.now()
+    now = current_time()
     claim = new_token()
     due = table.select(
         table.id,
@@ -210,7 +210,7 @@ def _sent(email_id):
                 table.marketing_automation_sent_at],
             ['sent', Null, Null, Null,
                 table.marketing_automation_attempts + 1,
-                dt.datetime.now()],
+                current_time()],
             where=table.id == email_id))
 
 
@@ -219,7 +219,7 @@ def _retry(email_ids, error):
     table = _table()
     cursor = Transaction().connection.cursor()
     logger.warning("could not send %s e-mails: %s", len(email_ids), error)
-    now = dt.datetime.now()
+    now = current_time()
     cursor.execute(*table.select(
             table.id, table.marketing_automation_attempts,
             where=reduce_ids(table.id, email_ids)))

@@ -27,7 +27,7 @@ from trytond.tools.email_ import format_address, set_from_header
 from trytond.transaction import Transaction
 from trytond.url import http_host
 
-from .marketing_automation import new_token
+from .marketing_automation import current_time, new_token
 
 UNSUBSCRIBE = 'unsubscribe'
 # Links that a redirect would break are left as they are
@@ -248,7 +248,7 @@ def compose(activity, record_activities):
         else:
             by_language[_language(party)].append(record_activity)
 
-    now = dt.datetime.now()
+    now = current_time()
     rows = []
     for language, language_activities in by_language.items():
         with transaction.set_context(language=language):

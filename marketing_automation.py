@@ -32,6 +32,11 @@ def batch_size():
         'marketing', 'automation_batch_size', default=BATCH_SIZE)
 
 
+def current_time():
+    "Return the time to store: the database keeps no microsecond"
+    return dt.datetime.now().replace(microsecond=0)
+
+
 def new_token():
     "Return an unguessable token of 128 bits"
     return secrets.token_hex(16)
@@ -408,7 +413,7 @@ class Record(ModelSQL, ModelView):
         record_activity = RecordActivity.__table__()
         cursor = Transaction().connection.cursor()
         transaction = Transaction()
-        now = dt.datetime.now()
+        now = current_time()
 
         # The ORM would issue a query per record to enrol
         references = ['%s,%s' % (scenario.model, i) for i in ids]

@@ -14,7 +14,7 @@ from trytond.rpc import RPC
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
-from .marketing_automation import batch_size
+from .marketing_automation import batch_size, current_time
 
 
 class RecordActivity(Workflow, ModelSQL, ModelView):
@@ -218,7 +218,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         record = Record.__table__()
         scenario = Scenario.__table__()
         cursor = Transaction().connection.cursor()
-        now = dt.datetime.now()
+        now = current_time()
 
         last = 0
         while True:
@@ -245,7 +245,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         "Run the due record activities, each one isolated from the others"
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
-        now = dt.datetime.now()
+        now = current_time()
 
         record_activities = cls._still_due(cls._lock(record_activities))
         by_activity = defaultdict(list)
@@ -306,7 +306,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
     @classmethod
     def _still_due(cls, record_activities):
         "Keep those which are still due when a worker runs them"
-        now = dt.datetime.now()
+        now = current_time()
         return [ra for ra in record_activities
             if ra.state == 'waiting'
             and ra.at is not None and ra.at <= now
@@ -387,7 +387,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             return
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
-        now = dt.datetime.now()
+        now = current_time()
         activity_ids = list(map(int, activities))
         for sub_ids in grouped_slice(record_ids):
             cursor.execute(*table.update(
@@ -405,7 +405,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         Activity = pool.get('marketing.automation.activity')
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
-        now = dt.datetime.now()
+        now = current_time()
         by_activity = defaultdict(list)
         for activity_id, record_id in pairs:
             if activity_id and record_id:
@@ -424,7 +424,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         "Cancel all the waiting record activities of the blocked records"
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
-        now = dt.datetime.now()
+        now = current_time()
         for sub_ids in grouped_slice(list(map(int, records))):
             cursor.execute(*table.update(
                     [table.state, table.write_date],
@@ -482,7 +482,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
         if at is None:
-            at = dt.datetime.now()
+            at = current_time()
         positives, negatives = defaultdict(list), []
         for record_activity in record_activities:
             for child in record_activity.activity.children:

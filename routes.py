@@ -21,6 +21,7 @@ from trytond.transaction import Transaction
 from trytond.wsgi import app
 
 from . import email_, scanner
+from .marketing_automation import current_time
 
 logger = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def email_click(request, pool, token, key):
         record_activities = RecordActivity.browse(
             [tracked.record_activity])
         early = (not tracked.sent_at
-            or dt.datetime.now() < tracked.sent_at + click_delay())
+            or current_time() < tracked.sent_at + click_delay())
         if scanner.classify(request) == scanner.PERSON and not early:
             if not tracked.clicked:
                 RecordActivity.on_email_clicked(record_activities)

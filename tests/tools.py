@@ -23,6 +23,9 @@ __all__ = [
 
 AUTOMATION_BASE = 'http://example.com'
 EMAIL_FROM = 'marketing@example.com'
+# The routes tell people from link scanners by their User-Agent
+BROWSER = (
+    'Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0')
 
 
 def free_port(hostname='127.0.0.1'):
@@ -116,15 +119,21 @@ def _save(section, option):
             _saved[key] = None
 
 
-def configure(server, email_from=EMAIL_FROM, automation_base=AUTOMATION_BASE):
+def configure(
+        server, email_from=EMAIL_FROM, automation_base=AUTOMATION_BASE,
+        click_delay=0):
     """Point trytond at the SMTP server and the tracked links at
-    automation_base"""
+    automation_base
+
+    A click that comes less than click_delay seconds after the sending is
+    taken for a mail scanner's; the scenarios click at once."""
     if not config.has_section('marketing'):
         config.add_section('marketing')
     for section, option, value in [
             ('email', 'uri', server.uri),
             ('email', 'from', email_from),
             ('marketing', 'automation_base', automation_base),
+            ('marketing', 'automation_click_delay', str(click_delay)),
             ]:
         _save(section, option)
         config.set(section, option, value)
@@ -164,8 +173,9 @@ def path(url):
     return parts.path + ('?' + parts.query if parts.query else '')
 
 
-def follow(url, data=None, method=None):
-    """Follow the url of an e-mail on trytond's WSGI application
+def follow(url, data=None, method=None, user_agent=BROWSER, headers=None):
+    """Follow the url of an e-mail on trytond's WSGI application, as the
+    browser of user_agent does
 
     It is a GET, or a POST of the form data when data is given.
     It returns the werkzeug response: status_code, headers (Location),
@@ -173,7 +183,11 @@ def follow(url, data=None, method=None):
     client = _client()
     if method is None:
         method = 'POST' if data is not None else 'GET'
-    return client.open(path(url), method=method, data=data)
+    headers = dict(headers or {})
+    if user_agent:
+        headers.setdefault('User-Agent', user_agent)
+    return client.open(
+        path(url), method=method, data=data, headers=headers)
 
 
 def html_part(message):
@@ -182,8 +196,9 @@ def html_part(message):
 
 
 def text_part(message):
-    "Return the plain-text content of the message"
-    return message.get_body(preferencelist=('plain',)).get_content()
+    "Return the plain-text content of the message with newlines"
+    content = message.get_body(preferencelist=('plain',)).get_content()
+    return content.replace('\r\n', '\n')
 
 
 def links(message):
