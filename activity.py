@@ -318,12 +318,6 @@ class Activity(ModelSQL, ModelView):
         value = getattr(self, name)
         return [value] if value else []
 
-    @classmethod
-    def copy(cls, activities, default=None):
-        default = default.copy() if default is not None else {}
-        default.setdefault('children.parent')
-        return super().copy(activities, default=default)
-
     def is_due(self, record_activity):
         "Tell whether the condition holds for the record"
         if not self.condition:
