@@ -330,7 +330,7 @@ class Activity(ModelSQL, ModelView):
     def execute(cls, activity, record_activities, **kwargs):
         "Run the action of activity on the record activities"
         if activity.action:
-            getattr(cls, 'execute_' + activity.action)(
+            return getattr(cls, 'execute_' + activity.action)(
                 activity, record_activities, **kwargs)
 
     @classmethod

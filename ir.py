@@ -83,8 +83,18 @@ class Email(metaclass=PoolMeta):
         return email_.compose(activity, record_activities)
 
     @classmethod
-    def marketing_automation_deliver(cls):
+    def marketing_automation_deliver(cls, emails=None):
+        "Send the outbox; emails only tells a worker that there is work"
         return delivery.deliver()
+
+    @classmethod
+    def marketing_automation_queue_delivery(cls):
+        "Ask a worker to send the outbox if something waits in it"
+        emails = cls.search([
+                ('marketing_automation_status', 'in', ['pending', 'sending']),
+                ], limit=1)
+        if emails:
+            cls.__queue__.marketing_automation_deliver(emails)
 
     @classmethod
     def marketing_automation_delivery(cls, record_activities, names):

@@ -187,6 +187,8 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
     @classmethod
     def process(cls):
         "Execute the due record activities, then deliver their e-mails"
+        pool = Pool()
+        Email = pool.get('ir.email')
         transaction = Transaction()
         has_worker = config.getboolean('queue', 'worker', default=False)
         for record_activities in cls._due_batches():
@@ -198,7 +200,10 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 cls.execute(record_activities)
                 # Each batch is kept even if a later one fails
                 transaction.commit()
-        if not has_worker:
+        if has_worker:
+            # Also for the retries when nothing new was due
+            Email.marketing_automation_queue_delivery()
+        else:
             cls.deliver()
 
     @classmethod
@@ -245,6 +250,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         "Run the due record activities, each one isolated from the others"
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
+        Email = pool.get('ir.email')
         now = current_time()
 
         record_activities = cls._still_due(cls._lock(record_activities))
@@ -281,7 +287,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         cls.cancel_siblings(done)
         if config.getboolean('queue', 'worker', default=False):
             # Let a worker send what this batch composed
-            cls.__queue__.deliver(record_activities[:1])
+            Email.marketing_automation_queue_delivery()
 
     @classmethod
     def _lock(cls, record_activities):

@@ -241,6 +241,13 @@ def environ():
     return env
 
 
+def clear_mails():
+    "Remove the e-mails of the previous database: their links are dead"
+    for name in os.listdir(MAIL_DIR):
+        if name.endswith('.eml'):
+            os.remove(os.path.join(MAIL_DIR, name))
+
+
 def create_database():
     path = os.path.join(DEMO_DIR, DATABASE + '.sqlite')
     for suffix in ['', '-journal', '-wal', '-shm']:
@@ -343,6 +350,7 @@ def main():
         check_ports()
         write_config()
         install_sao()
+        clear_mails()
         smtp = children.start('SMTP server', [
                 sys.executable, os.path.join(HERE, 'smtp_server.py'),
                 '--host', HOST, '--port', str(SMTP_PORT),

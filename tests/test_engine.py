@@ -1,0 +1,796 @@
+# This file is part of Tryton.  The COPYRIGHT file at the top level of
+# this repository contains the full copyright notices and license terms.
+"""The engine: enrolment, execution and delivery by batches
+
+The cost tests count the SQL statements sent to the database, never the
+time: the number of statements must grow with the number of batches, not
+with the number of records."""
+import contextlib
+import datetime as dt
+import email
+import json
+import os
+import socket
+import sys
+import unittest
+from unittest.mock import patch
+
+from sql import Literal
+from sql.operators import Concat
+
+import trytond.config as config
+from trytond.pool import Pool
+from trytond.pyson import Eval, Greater, PYSONEncoder
+from trytond.tests.test_tryton import (
+    activate_module, drop_db, with_transaction)
+from trytond.tools import grouped_slice
+from trytond.transaction import Transaction
+
+MODULE = 'marketing_automation'
+TEMPLATE = (
+    '<html xmlns:py="http://genshi.edgewall.org/"><body>'
+    '<p>Dear ${record.name},</p>'
+    '<p><a href="https://shop.example.com/offer">See the offer</a></p>'
+    '<p><a href="unsubscribe">Unsubscribe</a> or '
+    '<a href="unsubscribe|https://shop.example.com/bye">leave us</a></p>'
+    '</body></html>')
+BASE = 'https://track.example.com'
+
+
+class StatementCounter:
+    """Count the SQL statements sent through the cursors of the current
+    transaction's connection.
+
+    It patches the cursor class of the backend when it can (SQLiteCursor
+    and psycopg's LoggingCursor are Python classes). When the cursor type
+    cannot be patched, it wraps the connection's cursor() to return
+    counting proxies."""
+
+    def __init__(self):
+        self.count = 0
+        self.statements = []
+        self._stack = None
+
+    def _record(self, query):
+        self.count += 1
+        self.statements.append(' '.join(str(query).split())[:160])
+
+    def __enter__(self):
+        self._stack = contextlib.ExitStack()
+        connection = Transaction().connection
+        cursor = connection.cursor()
+        Cursor = type(cursor)
+        with contextlib.suppress(Exception):
+            cursor.close()
+        counter = self
+
+        def wrap(name):
+            original = getattr(Cursor, name)
+
+            def method(cursor, query, *args, **kwargs):
+                counter._record(query)
+                return original(cursor, query, *args, **kwargs)
+            return method
+        try:
+            for name in ('execute', 'executemany'):
+                self._stack.enter_context(
+                    patch.object(Cursor, name, wrap(name)))
+        except (TypeError, AttributeError):
+            self._stack.close()
+            self._stack = contextlib.ExitStack()
+            cursor_factory = connection.cursor
+
+            def proxy_cursor(*args, **kwargs):
+                return _CountingCursor(
+                    cursor_factory(*args, **kwargs), counter)
+            self._stack.enter_context(
+                patch.object(connection, 'cursor', proxy_cursor))
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stack.close()
+        return False
+
+
+class _CountingCursor:
+    "A proxy of a cursor that counts its statements"
+
+    def __init__(self, cursor, counter):
+        self._cursor = cursor
+        self._counter = counter
+
+    def execute(self, query, *args, **kwargs):
+        self._counter._record(query)
+        return self._cursor.execute(query, *args, **kwargs)
+
+    def executemany(self, query, *args, **kwargs):
+        self._counter._record(query)
+        return self._cursor.executemany(query, *args, **kwargs)
+
+    def __iter__(self):
+        return iter(self._cursor)
+
+    def __enter__(self):
+        self._cursor.__enter__()
+        return self
+
+    def __exit__(self, *args):
+        return self._cursor.__exit__(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._cursor, name)
+
+
+@contextlib.contextmanager
+def setting(section, option, value):
+    "Set a configuration option for the duration of the block"
+    added = not config.has_section(section)
+    if added:
+        config.add_section(section)
+    old = config.get(section, option)
+    config.set(section, option, value)
+    try:
+        yield
+    finally:
+        if old is not None:
+            config.set(section, option, old)
+        else:
+            # trytond.config has no public remove_option
+            config._config.remove_option(section, option)
+            config._cache_clear()
+        if added:
+            config.remove_section(section)
+
+
+def report(line):
+    "Print a measured figure for the reader of the test output"
+    print('[marketing_automation] ' + line, file=sys.stderr, flush=True)
+
+
+def create_parties(prefix, count, email=True, start=0):
+    """Create count parties coded prefix-NNNNNN with an e-mail address
+    each, by bulk inserts: the ORM would be too slow for thousands
+
+    Return the ids of all the parties coded prefix-*."""
+    pool = Pool()
+    Party = pool.get('party.party')
+    ContactMechanism = pool.get('party.contact_mechanism')
+    party = Party.__table__()
+    mechanism = ContactMechanism.__table__()
+    transaction = Transaction()
+    cursor = transaction.connection.cursor()
+    now = dt.datetime.now()
+    for sub_ids in grouped_slice(range(start, start + count), 500):
+        cursor.execute(*party.insert(
+                [party.name, party.code, party.active,
+                    party.create_uid, party.create_date],
+                [['%s %s' % (prefix, i), '%s-%06d' % (prefix, i), True,
+                        transaction.user, now]
+                    for i in sub_ids]))
+    if email:
+        new = party.code.like(prefix + '-%') & (party.create_date == now)
+        cursor.execute(*mechanism.insert(
+                [mechanism.party, mechanism.type, mechanism.value,
+                    mechanism.active, mechanism.sequence,
+                    mechanism.create_uid, mechanism.create_date],
+                party.select(
+                    party.id, Literal('email'),
+                    Concat(party.code, Literal('@example.com')),
+                    Literal(True), Literal(10),
+                    Literal(transaction.user), Literal(now),
+                    where=new)))
+    cursor.execute(*party.select(
+            party.id, where=party.code.like(prefix + '-%'),
+            order_by=[party.id.asc]))
+    return [i for i, in cursor]
+
+
+def email_activity(**values):
+    values.setdefault('name', "Welcome")
+    values.setdefault('action', 'send_email')
+    values.setdefault('email_from', 'shop@example.com')
+    values.setdefault('email_title', "Hello ${record.name}")
+    values.setdefault('email_template', TEMPLATE)
+    return values
+
+
+def create_scenario(prefix, activities, run=True, **values):
+    "Create a scenario on the parties coded prefix-*"
+    pool = Pool()
+    Scenario = pool.get('marketing.automation.scenario')
+    values.setdefault('name', prefix)
+    values.setdefault('model', 'party.party')
+    values.setdefault('domain', PYSONEncoder().encode(
+            [('code', 'like', prefix + '-%')]))
+    values['activities'] = [('create', activities)]
+    scenario, = Scenario.create([values])
+    if run:
+        Scenario.run([scenario])
+    return scenario
+
+
+def record_activities_of(scenario, **domain):
+    pool = Pool()
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    clause = [('record.scenario', '=', scenario.id)]
+    clause.extend((k, '=', v) for k, v in domain.items())
+    return RecordActivity.search(clause, order=[('id', 'ASC')])
+
+
+def run_due():
+    "Execute every due record activity by batches, without delivering"
+    pool = Pool()
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    for record_activities in RecordActivity._due_batches():
+        RecordActivity.execute(record_activities)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+class SMTPSink:
+    "A real SMTP server on the loopback that keeps what it receives"
+
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.append((
+                envelope.mail_from, list(envelope.rcpt_tos),
+                envelope.content))
+        return '250 OK'
+
+
+@contextlib.contextmanager
+def smtp_server():
+    from aiosmtpd.controller import Controller
+    sink = SMTPSink()
+    controller = Controller(sink, hostname='127.0.0.1', port=free_port())
+    controller.start()
+    try:
+        with setting('email', 'uri', 'smtp://127.0.0.1:%s' % controller.port):
+            yield sink
+    finally:
+        controller.stop()
+
+
+class EngineTestCase(unittest.TestCase):
+    "Test the engine of marketing automation"
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        drop_db()
+        activate_module(MODULE)
+
+    @classmethod
+    def tearDownClass(cls):
+        super().tearDownClass()
+        drop_db()
+
+    def setUp(self):
+        super().setUp()
+        stack = contextlib.ExitStack()
+        self.addCleanup(stack.close)
+        stack.enter_context(setting('marketing', 'automation_base', BASE))
+
+    def batch_size(self, size):
+        stack = contextlib.ExitStack()
+        self.addCleanup(stack.close)
+        stack.enter_context(setting(
+                'marketing', 'automation_batch_size', str(size)))
+
+    # Cost: statements grow with the batches, not with the records
+
+    def measure_enrol(self, prefix, count):
+        "Return the statements to enrol count new parties"
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Record = pool.get('marketing.automation.record')
+        create_parties(prefix, count)
+        # Not due: executing later measures would not run them
+        scenario = create_scenario(
+            prefix, [email_activity(delay=dt.timedelta(days=1))])
+        with StatementCounter() as counter:
+            Scenario.trigger([scenario])
+        self.assertEqual(
+            Record.search_count([('scenario', '=', scenario.id)]), count)
+        self.assertEqual(len(record_activities_of(
+                    scenario, state='waiting')), count)
+        return counter.count
+
+    @with_transaction()
+    def test_enrol_statements_by_batch(self):
+        "Enrolment costs a constant number of statements per batch"
+        self.batch_size(100)
+        self.measure_enrol('EW', 5)  # warm the caches
+        small = self.measure_enrol('ES', 300)
+        big = self.measure_enrol('EB', 3000)
+        per_batch = (big - small) / (3000 / 100 - 300 / 100)
+        report('enrol by batches of 100: 300 records: %s statements, '
+            '3000 records: %s statements, %.1f per batch'
+            % (small, big, per_batch))
+        # a select, the records and the root record activities
+        self.assertLessEqual(per_batch, 4)
+        self.assertLessEqual(big, small + 4 * 27)
+
+    def measure_execute(self, prefix, count, activities=None):
+        "Return the statements to execute the root activities of count"
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        create_parties(prefix, count)
+        if activities is None:
+            activities = [email_activity(children=[('create', [{
+                                'name': "Opened",
+                                'on': 'email_opened',
+                                'action': None,
+                                }])])]
+        scenario = create_scenario(prefix, activities)
+        Scenario.trigger([scenario])
+        with StatementCounter() as counter:
+            run_due()
+        return scenario, counter.count
+
+    @with_transaction()
+    def test_execute_statements_by_batch(self):
+        "Executing and composing costs a constant number per batch"
+        pool = Pool()
+        Email = pool.get('ir.email')
+        self.batch_size(100)
+        self.measure_execute('XW', 5)  # warm the caches
+        _, small = self.measure_execute('XS', 200)
+        scenario, big = self.measure_execute('XB', 2000)
+        per_batch = (big - small) / (2000 / 100 - 200 / 100)
+        report('execute by batches of 100: 200 record activities: %s '
+            'statements, 2000: %s statements, %.1f per batch'
+            % (small, big, per_batch))
+        self.assertLessEqual(per_batch, 20)
+
+        root, = [a for a in scenario.activities]
+        child, = root.children
+        self.assertEqual(len(record_activities_of(
+                    scenario, activity=root.id, state='done')), 2000)
+        waiting = record_activities_of(
+            scenario, activity=child.id, state='waiting')
+        self.assertEqual(len(waiting), 2000)
+        self.assertTrue(all(ra.at is None for ra in waiting))
+
+        emails = Email.search([
+                ('marketing_automation_activity', '=', root.id),
+                ])
+        self.assertEqual(len(emails), 2000)
+        self.assertEqual(
+            len({e.marketing_automation_record for e in emails}), 2000)
+        self.assertEqual(len({e.message_id for e in emails}), 2000)
+        an_email = emails[0]
+        record = an_email.marketing_automation_record
+        self.assertEqual(an_email.marketing_automation_status, 'pending')
+        self.assertIn('<%s-' % 'XB', an_email.recipients)
+        self.assertIn(record.record.name, an_email.subject)
+        links = json.loads(an_email.marketing_automation_links)
+        self.assertIn('https://shop.example.com/offer', links.values())
+        self.assertIn('https://shop.example.com/bye', links.values())
+        body = an_email.body
+        self.assertNotIn('href="https://shop.example.com', body)
+        self.assertNotIn('href="unsubscribe', body)
+        self.assertIn('%s/m/' % BASE, body)
+        self.assertIn(record.uuid, body)
+        self.assertIn(an_email.marketing_automation_token, body)
+
+    def measure_deliver(self, prefix, count):
+        """Compose count e-mails and return the statements to deliver
+        them and their Message-IDs"""
+        pool = Pool()
+        Email = pool.get('ir.email')
+        scenario, _ = self.measure_execute(prefix, count)
+        emails = Email.search([
+                ('marketing_automation_record.scenario', '=', scenario.id),
+                ])
+        self.assertEqual(len(emails), count)
+        message_ids = {e.message_id for e in emails}
+        with StatementCounter() as counter:
+            Email.marketing_automation_deliver()
+        Transaction().commit()
+        self.assertEqual(Email.search_count([
+                    ('marketing_automation_record.scenario', '=',
+                        scenario.id),
+                    ('marketing_automation_status', '=', 'sent'),
+                    ]), count)
+        return scenario, message_ids, counter.count
+
+    @with_transaction()
+    def test_deliver_statements_per_email(self):
+        "Delivery costs few statements per e-mail and sends each once"
+        pool = Pool()
+        Email = pool.get('ir.email')
+        Scenario = pool.get('marketing.automation.scenario')
+        transaction = Transaction()
+        self.batch_size(100)
+        # Delivery commits after each e-mail: remove what it committed
+        self.addCleanup(self.clean_committed, ['DW', 'DS', 'DB'])
+        with smtp_server() as sink:
+            self.measure_deliver('DW', 3)  # warm the caches
+            del sink.messages[:]
+            _, small_ids, small = self.measure_deliver('DS', 20)
+            received = list(sink.messages)
+            del sink.messages[:]
+            scenario, big_ids, big = self.measure_deliver('DB', 200)
+            received_big = list(sink.messages)
+            del sink.messages[:]
+
+            # Nothing is left to send
+            with StatementCounter() as again:
+                Email.marketing_automation_deliver()
+            transaction.commit()
+            self.assertEqual(sink.messages, [])
+
+        per_email = big / 200
+        marginal = (big - small) / (200 - 20)
+        report('deliver: 20 e-mails: %s statements, 200 e-mails: %s '
+            'statements, %.2f per e-mail, %.2f marginal; empty outbox: %s'
+            % (small, big, per_email, marginal, again.count))
+        self.assertLessEqual(per_email, 3)
+        self.assertLessEqual(marginal, 2)
+        self.assertLessEqual(again.count, 5)
+
+        for messages, expected in [
+                (received, small_ids), (received_big, big_ids)]:
+            self.assertEqual(len(messages), len(expected))
+            message_ids = [
+                email.message_from_bytes(content)['Message-ID']
+                for _, _, content in messages]
+            self.assertEqual(len(set(message_ids)), len(message_ids))
+            self.assertEqual(set(message_ids), expected)
+            for mail_from, rcpt_tos, content in messages:
+                self.assertEqual(len(rcpt_tos), 1)
+                self.assertTrue(rcpt_tos[0].endswith('@example.com'))
+                message = email.message_from_bytes(content)
+                self.assertIn(BASE + '/m/', message['List-Unsubscribe'])
+        self.assertEqual(Scenario.search_count([('id', '=', scenario.id)]), 1)
+
+    def clean_committed(self, prefixes):
+        "Delete the data a committing test left"
+        @with_transaction()
+        def clean():
+            pool = Pool()
+            Email = pool.get('ir.email')
+            Scenario = pool.get('marketing.automation.scenario')
+            Activity = pool.get('marketing.automation.activity')
+            Party = pool.get('party.party')
+            ContactMechanism = pool.get('party.contact_mechanism')
+            Record = pool.get('marketing.automation.record')
+            email_table = Email.__table__()
+            party = Party.__table__()
+            mechanism = ContactMechanism.__table__()
+            cursor = Transaction().connection.cursor()
+            scenarios = Scenario.search([('name', 'in', prefixes)])
+            activities, parents = [], list(scenarios)
+            while parents:
+                parents = [c for p in parents for c in (
+                        p.activities if isinstance(p, Scenario)
+                        else p.children)]
+                activities.extend(parents)
+            records = Record.search([('scenario', 'in', scenarios)])
+            for sub_ids in grouped_slice(list(map(int, records)), 100):
+                cursor.execute(*email_table.delete(
+                        where=email_table.marketing_automation_record.in_(
+                            list(sub_ids))))
+            Scenario.delete(scenarios)
+            Activity.delete(activities)
+            for prefix in prefixes:
+                parties = party.select(
+                    party.id, where=party.code.like(prefix + '-%'))
+                cursor.execute(*mechanism.delete(
+                        where=mechanism.party.in_(parties)))
+                cursor.execute(*party.delete(
+                        where=party.code.like(prefix + '-%')))
+            Transaction().commit()
+        clean()
+
+    @unittest.skipUnless(
+        os.environ.get('MA_COUNT_BIG') == '1', "set MA_COUNT_BIG=1")
+    @with_transaction()
+    def test_count_big(self):
+        "Measure the statements for 1,000 and 10,000 records"
+        pool = Pool()
+        Email = pool.get('ir.email')
+        self.addCleanup(self.clean_committed,
+            ['GW', 'G1', 'G2', 'G1E', 'G2E'])
+        with smtp_server() as sink:
+            self.measure_deliver('GW', 3)
+            del sink.messages[:]
+            figures = {}
+            for prefix, count in [('G1', 1000), ('G2', 10000)]:
+                enrol = self.measure_enrol(prefix + 'E', count)
+                scenario, execute = self.measure_execute(prefix, count)
+                with StatementCounter() as deliver:
+                    Email.marketing_automation_deliver()
+                Transaction().commit()
+                self.assertEqual(len(sink.messages), count)
+                del sink.messages[:]
+                figures[count] = (enrol, execute, deliver.count)
+        for count, (enrol, execute, deliver) in figures.items():
+            report('batch size %s, %s records: enrol %s statements, '
+                'execute %s statements, deliver %s statements'
+                % (config.getint('marketing', 'automation_batch_size',
+                        default=500), count, enrol, execute, deliver))
+
+    # Behaviour
+
+    @with_transaction()
+    def test_trigger_enrols_once(self):
+        "A record is never enrolled twice in a scenario"
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Record = pool.get('marketing.automation.record')
+        create_parties('T', 7)
+        scenario = create_scenario('T', [email_activity()])
+        Scenario.trigger([scenario])
+        Scenario.trigger([scenario])
+        Scenario.trigger()
+        self.assertEqual(
+            Record.search_count([('scenario', '=', scenario.id)]), 7)
+        self.assertEqual(len(record_activities_of(scenario)), 7)
+
+        # Only the new matching record is enrolled
+        create_parties('T', 1, start=7)
+        Scenario.trigger([scenario])
+        self.assertEqual(
+            Record.search_count([('scenario', '=', scenario.id)]), 8)
+        self.assertEqual(len(record_activities_of(scenario)), 8)
+
+    @with_transaction()
+    def test_trigger_running_only(self):
+        "Only running scenarios enrol"
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Record = pool.get('marketing.automation.record')
+        create_parties('R', 3)
+        scenario = create_scenario('R', [email_activity()], run=False)
+        Scenario.trigger([scenario])
+        Scenario.trigger()
+        self.assertEqual(
+            Record.search_count([('scenario', '=', scenario.id)]), 0)
+
+    @with_transaction()
+    def test_unsubscribed_party_not_enrolled(self):
+        "A party unsubscribed from the scenario is not enrolled"
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Record = pool.get('marketing.automation.record')
+        Party = pool.get('party.party')
+        party_ids = create_parties('U', 4)
+        scenario = create_scenario('U', [email_activity()])
+        other = create_scenario('U', [email_activity()], name='U other')
+        unsubscribed = Party(party_ids[1])
+        Party.write([unsubscribed], {
+                'marketing_scenario_unsubscribed': [('add', [scenario.id])],
+                })
+        Scenario.trigger([scenario, other])
+        records = Record.search([('scenario', '=', scenario.id)])
+        self.assertEqual(len(records), 3)
+        self.assertNotIn(unsubscribed, [r.record for r in records])
+        # The unsubscription is for this scenario only
+        self.assertEqual(
+            Record.search_count([('scenario', '=', other.id)]), 4)
+
+    @with_transaction()
+    def test_stopped_scenario_not_due(self):
+        "The due record activities of a stopped scenario are not selected"
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        create_parties('P', 3)
+        create_parties('Q', 2)
+        stopped = create_scenario('P', [email_activity()])
+        running = create_scenario('Q', [email_activity()])
+        Scenario.trigger([stopped, running])
+        Scenario.stop([stopped])
+
+        due = {ra for batch in RecordActivity._due_batches() for ra in batch}
+        self.assertFalse(due & set(record_activities_of(stopped)))
+        self.assertEqual(
+            due & set(record_activities_of(running)),
+            set(record_activities_of(running)))
+
+        stopped_activities = record_activities_of(stopped)
+        RecordActivity.execute(stopped_activities)
+        self.assertEqual(
+            {ra.state for ra in record_activities_of(stopped)}, {'waiting'})
+
+    @with_transaction()
+    def test_blocked_record(self):
+        "Blocking cancels the waiting record activities of the record"
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Record = pool.get('marketing.automation.record')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        Party = pool.get('party.party')
+        create_parties('K', 3)
+        scenario = create_scenario(
+            'K', [email_activity(), email_activity(
+                    name="Later", delay=dt.timedelta(days=2))],
+            unsubscribable=True)
+        Scenario.trigger([scenario])
+        blocked, *others = Record.search(
+            [('scenario', '=', scenario.id)], order=[('id', 'ASC')])
+
+        Record.block([blocked])
+        Record.block([Record(blocked.id)])
+        blocked = Record(blocked.id)
+
+        self.assertTrue(blocked.blocked)
+        self.assertEqual(
+            {ra.state for ra in blocked.record_activities}, {'cancelled'})
+        self.assertEqual(len(blocked.record_activities), 2)
+        for record in others:
+            self.assertFalse(record.blocked)
+            self.assertEqual(
+                {ra.state for ra in record.record_activities}, {'waiting'})
+        self.assertEqual(
+            Party(blocked.record.id).marketing_scenario_unsubscribed,
+            (scenario,))
+
+        due = {ra for batch in RecordActivity._due_batches() for ra in batch}
+        self.assertFalse(due & set(blocked.record_activities))
+
+        # The party is unsubscribed: deleting its record does not enrol it
+        # again
+        Record.delete([blocked])
+        Scenario.trigger([scenario])
+        self.assertEqual(
+            Record.search_count([('scenario', '=', scenario.id)]), 2)
+
+    @with_transaction()
+    def test_party_without_email_fails_alone(self):
+        "A party without e-mail fails its record activity and no other"
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Email = pool.get('ir.email')
+        create_parties('M', 3)
+        no_email, = create_parties('MN', 1, email=False)
+        activity = email_activity(children=[('create', [{
+                            'name': "Opened", 'on': 'email_opened',
+                            }])])
+        scenario = create_scenario('M', [activity], domain=PYSONEncoder(
+                ).encode(['OR',
+                    ('code', 'like', 'M-%'), ('code', 'like', 'MN-%')]))
+        Scenario.trigger([scenario])
+        root, = scenario.activities
+        run_due()
+
+        states = {ra.record.record.id: ra
+            for ra in record_activities_of(scenario, activity=root.id)}
+        self.assertEqual(len(states), 4)
+        failed = states.pop(no_email)
+        self.assertEqual(failed.state, 'failed')
+        self.assertTrue(failed.error)
+        self.assertIn('MN 0', failed.error)
+        self.assertEqual({ra.state for ra in states.values()}, {'done'})
+        self.assertTrue(all(not ra.error for ra in states.values()))
+
+        emails = Email.search([
+                ('marketing_automation_record.scenario', '=', scenario.id)])
+        self.assertEqual(len(emails), 3)
+        # Only the done record activities have children
+        children = record_activities_of(
+            scenario, activity=root.children[0].id)
+        self.assertEqual(
+            {ra.record.record.id for ra in children},
+            set(states))
+
+    @with_transaction()
+    def test_condition_error_fails_alone(self):
+        "A condition that fails for one record fails only that one"
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Party = pool.get('party.party')
+        parties = Party.create([
+                {'name': name, 'code': 'C-%s' % i}
+                for i, name in enumerate(['5', '7', '-3', 'x'])])
+        condition = PYSONEncoder().encode(Greater(Eval('self.name', 0), 0))
+        scenario = create_scenario('C', [{
+                        'name': "Positive", 'condition': condition,
+                        'children': [('create', [{'name': "Next"}])],
+                        }])
+        Scenario.trigger([scenario])
+        root, = scenario.activities
+        run_due()
+
+        states = {ra.record.record.name: ra
+            for ra in record_activities_of(scenario, activity=root.id)}
+        self.assertEqual(len(states), len(parties))
+        self.assertEqual(states['5'].state, 'done')
+        self.assertEqual(states['7'].state, 'done')
+        self.assertEqual(states['-3'].state, 'cancelled')
+        self.assertEqual(states['x'].state, 'failed')
+        self.assertTrue(states['x'].error)
+        self.assertFalse(states['5'].error)
+
+        children = record_activities_of(
+            scenario, activity=root.children[0].id)
+        self.assertEqual(
+            sorted(ra.record.record.name for ra in children), ['5', '7'])
+
+    @with_transaction()
+    def test_click_without_open(self):
+        "A click on an e-mail not opened opens it too, once"
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        create_parties('O', 2)
+        activity = email_activity(children=[('create', [{
+                            'name': "Opened", 'on': 'email_opened',
+                            'delay': dt.timedelta(hours=1),
+                            }, {
+                            'name': "Clicked", 'on': 'email_clicked',
+                            }, {
+                            'name': "Not opened", 'on': 'email_opened_not',
+                            'delay': dt.timedelta(days=3),
+                            }, {
+                            'name': "Not clicked",
+                            'on': 'email_clicked_not',
+                            'delay': dt.timedelta(days=3),
+                            }])])
+        scenario = create_scenario('O', [activity])
+        Scenario.trigger([scenario])
+        root, = scenario.activities
+        children = {c.name: c for c in root.children}
+        run_due()
+
+        clicked, other = record_activities_of(scenario, activity=root.id)
+        self.assertEqual(clicked.state, 'done')
+        self.assertFalse(clicked.email_opened)
+        before = dt.datetime.now()
+        RecordActivity.on_email_clicked([clicked])
+
+        def snapshot():
+            return sorted(
+                (ra.record.id, ra.activity.name, ra.state, ra.at,
+                    ra.email_opened, ra.email_clicked)
+                for ra in record_activities_of(scenario))
+
+        clicked = RecordActivity(clicked.id)
+        self.assertTrue(clicked.email_opened)
+        self.assertTrue(clicked.email_clicked)
+        by_child = {ra.activity.name: ra
+            for ra in record_activities_of(scenario)
+            if ra.record == clicked.record and ra.activity != root}
+        self.assertEqual(len(by_child), 4)
+        self.assertEqual(by_child['Opened'].state, 'waiting')
+        self.assertGreaterEqual(
+            by_child['Opened'].at, before + dt.timedelta(hours=1))
+        self.assertEqual(by_child['Clicked'].state, 'waiting')
+        self.assertIsNotNone(by_child['Clicked'].at)
+        self.assertLessEqual(by_child['Clicked'].at, dt.datetime.now())
+        self.assertEqual(by_child['Not opened'].state, 'cancelled')
+        self.assertEqual(by_child['Not clicked'].state, 'cancelled')
+
+        # The other record is untouched
+        other = RecordActivity(other.id)
+        self.assertFalse(other.email_opened)
+        self.assertFalse(other.email_clicked)
+        for ra in record_activities_of(scenario):
+            if ra.record == other.record and ra.activity != root:
+                if children[ra.activity.name].negative:
+                    self.assertIsNotNone(ra.at)
+                else:
+                    self.assertIsNone(ra.at)
+                self.assertEqual(ra.state, 'waiting')
+
+        # A second click, or an open, changes nothing
+        first = snapshot()
+        RecordActivity.on_email_clicked([RecordActivity(clicked.id)])
+        RecordActivity.on_email_opened([RecordActivity(clicked.id)])
+        self.assertEqual(snapshot(), first)
+        self.assertEqual(len(record_activities_of(scenario)), 2 * 5)
+
+        # The clicked child runs once when due and schedules nothing more
+        run_due()
+        self.assertEqual(
+            RecordActivity(by_child['Clicked'].id).state, 'done')
+        self.assertEqual(len(record_activities_of(scenario)), 2 * 5)
+
