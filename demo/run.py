@@ -55,6 +55,8 @@ from = Tryton Demo <demo@example.com>
 
 [marketing]
 automation_base = http://{host}:{http_port}
+# Clicks sooner than this after sending are taken for a scanner's
+automation_click_delay = 5
 
 [session]
 # Keep the demo session open while the browser tab lives
