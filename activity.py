@@ -5,7 +5,6 @@ from collections import defaultdict
 
 from genshi.template import MarkupTemplate, NewTextTemplate
 from genshi.template import TemplateError as GenshiTemplateError
-from sql import Literal
 from sql.aggregate import Count, Sum
 from sql.conditionals import Case
 
@@ -201,7 +200,7 @@ class Activity(ModelSQL, ModelView):
             sub_ids = list(map(int, sub_ids))
             cursor.execute(*record_activity.select(
                     record_activity.activity,
-                    Count(Literal('*')),
+                    Count(),
                     Sum(Case((record_activity.email_opened, 1), else_=0)),
                     Sum(Case((record_activity.email_clicked, 1), else_=0)),
                     Sum(Case(

@@ -172,7 +172,7 @@ class Scenario(Workflow, ModelSQL, ModelView):
         for sub_ids in grouped_slice(enrolled):
             cursor.execute(*record.select(
                     record.scenario,
-                    Count(Literal('*')),
+                    Count(),
                     Sum(Case((record.blocked, 1), else_=0)),
                     where=reduce_ids(record.scenario, sub_ids),
                     group_by=record.scenario))
