@@ -159,7 +159,8 @@ def _send(emails):
             return sent, False
         except Exception as exception:
             if _is_permanent(exception):
-                _fail([email_id], str(exception))
+                _fail([email_id], str(exception),
+                    attempts=(attempts or 0) + 1)
             else:
                 _retry([email_id], str(exception))
                 if isinstance(exception, (

@@ -6,6 +6,7 @@ from collections import defaultdict
 from sql import For, Literal, Null
 
 import trytond.config as config
+from trytond import backend
 from trytond.i18n import gettext
 from trytond.model import Index, ModelSQL, ModelView, Unique, Workflow, fields
 from trytond.pool import Pool
@@ -197,7 +198,12 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                         queue_batch=len(record_activities)):
                     cls.__queue__.execute(record_activities)
             else:
-                cls.execute(record_activities)
+                try:
+                    cls.execute(record_activities)
+                except backend.DatabaseOperationalError:
+                    # Another run has taken this batch
+                    transaction.rollback()
+                    continue
                 # Each batch is kept even if a later one fails
                 transaction.commit()
         if has_worker:

@@ -11,6 +11,7 @@ test can kill it with SIGKILL at a random point of the run itself."""
 import datetime as dt
 import json
 import sys
+import time
 
 RESULT = '@@result '
 
@@ -71,16 +72,24 @@ def _run(pool, args):
     return {}
 
 
+def _ready(args):
+    "Tell the test that the pool is loaded and wait for the common start"
+    print('@@ready', flush=True)
+    start_at = args.get('start_at')
+    if start_at:
+        time.sleep(max(0, start_at - time.time()))
+
+
 def _trigger(pool, args):
     Scenario = pool.get('marketing.automation.scenario')
-    print('@@ready', flush=True)
+    _ready(args)
     Scenario.trigger()
     return {}
 
 
 def _process(pool, args):
     RecordActivity = pool.get('marketing.automation.record.activity')
-    print('@@ready', flush=True)
+    _ready(args)
     RecordActivity.process()
     return {}
 
@@ -159,9 +168,15 @@ def _queue(pool, args):
     Queue = pool.get('ir.queue')
     table = Queue.__table__()
     cursor = Transaction().connection.cursor()
-    cursor.execute(*table.select(
-            table.id, where=table.finished_at == None))  # noqa: E711
-    return {'unfinished': len(cursor.fetchall())}
+    cursor.execute(*table.select(table.name, table.finished_at))
+    tasks = cursor.fetchall()
+    names = {}
+    for name, _ in tasks:
+        names[name] = names.get(name, 0) + 1
+    return {
+        'unfinished': sum(1 for _, f in tasks if f is None),
+        'tasks': names,
+        }
 
 
 COMMANDS = {

@@ -1,0 +1,832 @@
+# This file is part of Tryton.  The COPYRIGHT file at the top level of
+# this repository contains the full copyright notices and license terms.
+"""Fault injection: nothing lost, nothing sent twice
+
+The e-mails travel over SMTP on the loopback to a real aiosmtpd server that
+is stopped, answers 4xx or 5xx, or drops the connection in the middle of a
+message. The processing runs in real subprocesses (tests/faults/helper.py,
+trytond-worker, trytond-cron) against a database of their own, because the
+delivery commits after every e-mail: the rollback isolation of the other
+tests cannot hold it. Some of those processes are killed with SIGKILL.
+
+Each test prints one line:
+    fault <name>: due=… delivered=… failed=… lost=… duplicated=…
+where delivered counts the distinct recipients the server accepted a
+message for, failed the record activities that show a failed state with an
+error, lost = due - delivered - failed and duplicated the messages the server
+accepted beyond the first one for a recipient."""
+import asyncio
+import email
+import email.policy
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+from collections import Counter
+from email.utils import parseaddr
+from urllib.parse import urlsplit
+
+from aiosmtpd.controller import Controller
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+HELPER = os.path.join(HERE, 'faults', 'helper.py')
+BIN = os.path.dirname(sys.executable)
+DATABASE_URI = os.environ.get('TRYTOND_DATABASE__URI', 'sqlite://')
+BACKEND = urlsplit(DATABASE_URI).scheme.split('+')[0] or 'sqlite'
+DROP = object()
+# The condition fails to evaluate on a party whose code is not a number
+CONDITION = json.dumps({
+        '__class__': 'Greater',
+        's1': {'__class__': 'Eval', 'v': 'self.code', 'd': '0'},
+        's2': -1,
+        'e': False,
+        })
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _environ():
+    "The environment of the subprocesses: only the config file counts"
+    return {k: v for k, v in os.environ.items()
+        if not k.startswith('TRYTOND_') and k not in {'DB_NAME', 'DB_CACHE'}}
+
+
+class _Handler:
+
+    def __init__(self, server):
+        self.server = server
+
+    async def handle_RCPT(
+            self, server, session, envelope, address, rcpt_options):
+        answer = self.server.on_rcpt(address)
+        if answer:
+            return answer
+        envelope.rcpt_tos.append(address)
+        return '250 OK'
+
+    async def handle_DATA(self, server, session, envelope):
+        message = email.message_from_bytes(
+            envelope.original_content or envelope.content,
+            policy=email.policy.default)
+        if self.server.delay:
+            await asyncio.sleep(self.server.delay)
+        answer = self.server.on_data(message)
+        if answer is DROP:
+            # Hang up before answering: the client cannot know
+            server.transport.close()
+            return '421 Closing'
+        if answer:
+            return answer
+        self.server.receive(message)
+        return '250 Message accepted for delivery'
+
+
+class SMTPServer:
+    """A real SMTP server on the loopback whose faults the test chooses
+
+    rcpt(address) and data(message, count) may return an SMTP answer, or
+    DROP for data, to refuse what the server would otherwise accept."""
+
+    def __init__(self, rcpt=None, data=None, delay=0):
+        self.port = free_port()
+        self.rcpt, self.data, self.delay = rcpt, data, delay
+        self.received = []
+        self.faulted = set()
+        self.data_calls = Counter()
+        self.rcpt_calls = Counter()
+        self._lock = threading.Lock()
+        self._controller = None
+
+    def start(self):
+        self._controller = Controller(
+            _Handler(self), hostname='127.0.0.1', port=self.port)
+        self._controller.start()
+        return self
+
+    def stop(self):
+        if self._controller:
+            self._controller.stop()
+            self._controller = None
+
+    def on_rcpt(self, address):
+        with self._lock:
+            self.rcpt_calls[address] += 1
+            count = self.rcpt_calls[address]
+        if self.rcpt:
+            answer = self.rcpt(address, count)
+            if answer:
+                with self._lock:
+                    self.faulted.add(address)
+            return answer
+
+    def on_data(self, message):
+        to = parseaddr(str(message['To']))[1]
+        with self._lock:
+            self.data_calls[to] += 1
+            total = sum(self.data_calls.values())
+        if self.data:
+            answer = self.data(to, total)
+            if answer:
+                with self._lock:
+                    self.faulted.add(to)
+            return answer
+
+    def receive(self, message):
+        with self._lock:
+            self.received.append((
+                    parseaddr(str(message['To']))[1],
+                    str(message['Message-ID'])))
+
+    @property
+    def recipients(self):
+        with self._lock:
+            return Counter(to for to, _ in self.received)
+
+
+class MarketingAutomationFaultTestCase(unittest.TestCase):
+    "Fault injection on the delivery, the processing and the enrolment"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.directory = tempfile.mkdtemp(prefix='ma-faults-')
+        cls.databases = []
+        cls.password = os.path.join(cls.directory, 'password')
+        with open(cls.password, 'w') as file:
+            file.write('admin\n')
+        cls.template = 'ma_fault_tpl_%s' % os.getpid()
+        if BACKEND == 'postgresql':
+            cls._pg_execute('CREATE DATABASE "%s"' % cls.template)
+            cls.databases.append(cls.template)
+        else:
+            open(cls._sqlite_path(cls.template), 'w').close()
+        conf = cls._write_conf('admin', smtp_port=free_port())
+        process = subprocess.run([
+                os.path.join(BIN, 'trytond-admin'), '-c', conf,
+                '-d', cls.template, '--all', '-u', 'marketing_automation',
+                '--activate-dependencies', '--email', 'admin@example.com'],
+            env=dict(_environ(), TRYTONPASSFILE=cls.password),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if process.returncode:
+            raise RuntimeError(
+                'trytond-admin failed:\n' + process.stdout[-3000:])
+
+    @classmethod
+    def tearDownClass(cls):
+        if BACKEND == 'postgresql':
+            for name in reversed(cls.databases):
+                try:
+                    cls._pg_execute(
+                        'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
+                except Exception:
+                    pass
+        shutil.rmtree(cls.directory, ignore_errors=True)
+
+    @classmethod
+    def _pg_execute(cls, query):
+        import psycopg
+        with psycopg.connect(
+                DATABASE_URI.rstrip('/') + '/postgres',
+                autocommit=True) as connection:
+            connection.execute(query)
+
+    @classmethod
+    def _sqlite_path(cls, name):
+        return os.path.join(cls.directory, name + '.sqlite')
+
+    @classmethod
+    def _write_conf(cls, name, smtp_port, **marketing):
+        marketing.setdefault('automation_base', 'http://example.com')
+        marketing.setdefault('automation_retry_delay', 60)
+        worker = marketing.pop('worker', False)
+        path = os.path.join(cls.directory, name + '.conf')
+        if BACKEND == 'postgresql':
+            database = 'uri = %s\n' % DATABASE_URI
+        else:
+            database = 'uri = sqlite://\npath = %s\n' % cls.directory
+        with open(path, 'w') as file:
+            file.write('[database]\n' + database)
+            file.write('[email]\nuri = smtp://127.0.0.1:%s\n'
+                'from = marketing@example.com\n' % smtp_port)
+            file.write('[marketing]\n' + ''.join(
+                    '%s = %s\n' % i for i in marketing.items()))
+            file.write('[queue]\nworker = %s\n' % worker)
+        return path
+
+    def _database(self):
+        "Create a fresh database from the template"
+        name = 'ma_fault_%s_%s' % (os.getpid(), len(self.databases))
+        if BACKEND == 'postgresql':
+            self._pg_execute('CREATE DATABASE "%s" TEMPLATE "%s"' % (
+                    name, self.template))
+        else:
+            shutil.copyfile(
+                self._sqlite_path(self.template), self._sqlite_path(name))
+        self.databases.append(name)
+        return name
+
+    def _server(self, **kwargs):
+        server = SMTPServer(**kwargs)
+        self.addCleanup(server.stop)
+        return server
+
+    def _helper_command(self, conf, database, command, **args):
+        return [sys.executable, '-P', HELPER, conf, database, command,
+            json.dumps(args)]
+
+    def helper(self, conf, database, command, **args):
+        "Run a step in a subprocess and return its result"
+        process = subprocess.run(
+            self._helper_command(conf, database, command, **args),
+            env=_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, timeout=300)
+        return self._result(process.returncode, process.stdout,
+            process.stderr, command)
+
+    def _result(self, returncode, stdout, stderr, command):
+        for line in stdout.splitlines():
+            if line.startswith('@@result '):
+                return json.loads(line[len('@@result '):])
+        self.fail('%s failed (%s):\n%s\n%s' % (
+                command, returncode, stdout[-2000:], stderr[-4000:]))
+
+    def spawn(self, conf, database, command, **args):
+        process = subprocess.Popen(
+            self._helper_command(conf, database, command, **args),
+            env=_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True)
+        self.addCleanup(self._kill, process)
+        return process
+
+    def _kill(self, process):
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+    def _spawn_trytond(self, program, conf, database, *options):
+        log = open(os.path.join(self.directory, '%s-%s.log' % (
+                    program, time.monotonic_ns())), 'w+')
+        self.addCleanup(log.close)
+        process = subprocess.Popen(
+            [os.path.join(BIN, program), '-c', conf, '-d', database]
+            + list(options),
+            env=_environ(), stdout=log, stderr=subprocess.STDOUT)
+        self.addCleanup(self._stop, process)
+        return process, log
+
+    def _stop(self, process):
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def mails(self, stats):
+        "Return the record activities of the e-mail activity"
+        return [a for a in stats['activities'] if a['activity'] == 'Mail']
+
+    def figures(self, name, stats, server, due=None, allowed=0):
+        """Print and check the figures of the fault run
+
+        due are the parties whose e-mail is due."""
+        mails = self.mails(stats)
+        if due is None:
+            due = {m['party'] for m in mails}
+        address = {'%s@example.com' % p: p for p in due}
+        received = server.recipients
+        delivered = {address[a] for a in received if a in address}
+        failed = {m['party'] for m in mails
+            if m['state'] == 'failed' and m['error']}
+        lost = due - delivered - failed
+        duplicated = sum(received.values()) - len(received)
+        print('fault %s: due=%s delivered=%s failed=%s lost=%s '
+            'duplicated=%s' % (name, len(due), len(delivered), len(failed),
+                len(lost), duplicated), file=sys.stderr, flush=True)
+        self.assertEqual(lost, set(), msg='lost e-mails')
+        self.assertLessEqual(duplicated, allowed, msg='duplicated e-mails')
+        self.assertFalse(delivered & failed,
+            msg='delivered e-mails shown as failed')
+        self.assertFalse(set(received) - set(address),
+            msg='e-mails to unexpected recipients')
+        return delivered, failed, duplicated
+
+    def outbox(self, stats, status=None):
+        return [e for e in stats['emails']
+            if status is None or e['status'] == status]
+
+    def by_party(self, stats):
+        "Return the outbox e-mail of each party"
+        result = {}
+        for row in stats['emails']:
+            party = parseaddr(row['to'])[1].split('@')[0]
+            self.assertNotIn(party, result, msg='two e-mails composed')
+            result[party] = row
+        return result
+
+    def test_fault_smtp_server_down(self):
+        "The server is stopped: all stay pending, then go once"
+        server = self._server()
+        database = self._database()
+        conf = self._write_conf(database, server.port)
+        self.helper(conf, database, 'setup', parties=20)
+
+        self.helper(conf, database, 'process')
+        stats = self.helper(conf, database, 'stats')
+        self.assertEqual(len(self.outbox(stats)), 20)
+        for row in self.outbox(stats):
+            self.assertEqual(row['status'], 'pending')
+            self.assertEqual(row['attempts'], 1)
+            self.assertTrue(row['error'])
+            # The retry waits automation_retry_delay
+            delay = (time.mktime(time.strptime(
+                        row['next_try'][:19], '%Y-%m-%dT%H:%M:%S'))
+                - time.mktime(time.strptime(
+                        stats['now'][:19], '%Y-%m-%dT%H:%M:%S')))
+            self.assertGreater(delay, 30)
+        for mail in self.mails(stats):
+            self.assertEqual(mail['state'], 'done')
+
+        # The server is back, but the e-mails wait for their next try
+        server.start()
+        self.helper(conf, database, 'process')
+        self.assertEqual(server.received, [])
+        stats = self.helper(conf, database, 'stats')
+        self.assertEqual(
+            {r['attempts'] for r in self.outbox(stats)}, {1})
+
+        self.helper(conf, database, 'make-due')
+        self.helper(conf, database, 'process')
+        self.helper(conf, database, 'process')
+        stats = self.helper(conf, database, 'stats')
+        self.assertEqual(len(self.outbox(stats, 'sent')), 20)
+        self.assertEqual({r['attempts'] for r in self.outbox(stats)}, {2})
+        delivered, _, _ = self.figures('server_down', stats, server)
+        self.assertEqual(len(delivered), 20)
+
+    def _transient(self, name, data, count):
+        "Run a delivery where data() refuses count e-mails once"
+        server = self._server(data=data).start()
+        database = self._database()
+        conf = self._write_conf(database, server.port)
+        self.helper(conf, database, 'setup', parties=20)
+
+        self.helper(conf, database, 'process')
+        stats = self.helper(conf, database, 'stats')
+        outbox = self.by_party(stats)
+        pending = {p for p, r in outbox.items() if r['status'] == 'pending'}
+        affected = {a.split('@')[0] for a in server.faulted}
+        self.assertEqual(len(affected), count)
+        self.assertEqual(pending, affected)
+        for party in pending:
+            self.assertEqual(outbox[party]['attempts'], 1)
+            self.assertTrue(outbox[party]['error'])
+        # The others went on in the same run
+        self.assertEqual(
+            set(outbox) - pending,
+            {p for p, r in outbox.items() if r['status'] == 'sent'})
+        self.assertEqual(len(server.received), 20 - count)
+
+        self.helper(conf, database, 'make-due')
+        self.helper(conf, database, 'process')
+        self.helper(conf, database, 'process')
+        stats = self.helper(conf, database, 'stats')
+        outbox = self.by_party(stats)
+        self.assertEqual(
+            {p for p, r in outbox.items() if r['status'] == 'sent'},
+            set(outbox))
+        for party, row in outbox.items():
+            self.assertEqual(
+                row['attempts'], 2 if party in affected else 1)
+        delivered, _, _ = self.figures(name, stats, server)
+        self.assertEqual(len(delivered), 20)
+        return stats
+
+    def test_fault_smtp_451(self):
+        "The server answers 451 to the first messages: retried, sent once"
+        self._transient('smtp_451',
+            lambda to, total: '451 4.3.0 Try later' if total <= 5 else None,
+            5)
+
+    def test_fault_smtp_drop(self):
+        "The server hangs up after the DATA: that e-mail waits, others go"
+        # The 3rd, and the 8th and 9th in a row, over a new connection
+        drops = {3, 8, 9}
+        self._transient('smtp_drop',
+            lambda to, total: DROP if total in drops else None, len(drops))
+
+    def test_fault_smtp_drop_mid_data(self):
+        "A raw server hangs up in the middle of the DATA of some e-mails"
+        server = MidDataServer(drop={2, 6}).start()
+        self.addCleanup(server.stop)
+        database = self._database()
+        conf = self._write_conf(database, server.port)
+        self.helper(conf, database, 'setup', parties=10)
+
+        self.helper(conf, database, 'process')
+        stats = self.helper(conf, database, 'stats')
+        outbox = self.by_party(stats)
+        pending = {p for p, r in outbox.items() if r['status'] == 'pending'}
+        self.assertEqual(
+            pending, {a.split('@')[0] for a in server.faulted})
+        self.assertEqual(len(pending), 2)
+        for party in pending:
+            self.assertEqual(outbox[party]['attempts'], 1)
+            self.assertTrue(outbox[party]['error'])
+        self.assertEqual(len(server.received), 8)
+
+        self.helper(conf, database, 'make-due')
+        self.helper(conf, database, 'process')
+        stats = self.helper(conf, database, 'stats')
+        self.assertEqual(len(self.outbox(stats, 'sent')), 10)
+        delivered, _, _ = self.figures('smtp_drop_mid_data', stats, server)
+        self.assertEqual(len(delivered), 10)
+
+    def test_fault_smtp_permanent(self):
+        "5xx answers fail the e-mail, visibly, and cancel what follows"
+        server = self._server(
+            rcpt=lambda address, count: (
+                '550 5.1.1 No such user' if address.startswith('p0003@')
+                else None),
+            data=lambda to, total: (
+                '554 5.7.1 Message rejected' if to.startswith('p0006@')
+                else None)).start()
+        database = self._database()
+        conf = self._write_conf(database, server.port)
+        self.helper(conf, database, 'setup', parties=20)
+
+        self.helper(conf, database, 'process')
+        self.helper(conf, database, 'make-due')
+        self.helper(conf, database, 'process')
+        stats = self.helper(conf, database, 'stats')
+        outbox = self.by_party(stats)
+        for party, code in [('p0003', '550'), ('p0006', '554')]:
+            self.assertEqual(outbox[party]['status'], 'failed')
+            self.assertEqual(outbox[party]['attempts'], 1)
+            self.assertIn(code, outbox[party]['error'])
+        # Not retried: the server saw them once
+        self.assertEqual(server.rcpt_calls['p0003@example.com'], 1)
+        self.assertEqual(server.data_calls['p0006@example.com'], 1)
+        states = {(a['activity'], a['party']): a
+            for a in stats['activities']}
+        for party in ['p0003', 'p0006']:
+            self.assertEqual(states[('Mail', party)]['state'], 'failed')
+            self.assertTrue(states[('Mail', party)]['error'])
+            self.assertEqual(states[('Later', party)]['state'], 'cancelled')
+        self.assertEqual(states[('Later', 'p0004')]['state'], 'waiting')
+        delivered, failed, _ = self.figures('smtp_permanent', stats, server)
+        self.assertEqual((len(delivered), len(failed)), (18, 2))
+
+    def test_fault_max_attempts(self):
+        "A recipient always answered 451 is given up after max attempts"
+        server = self._server(
+            data=lambda to, total: (
+                '451 4.2.0 Mailbox busy' if to.startswith('p0002@')
+                else None)).start()
+        database = self._database()
+        conf = self._write_conf(database, server.port,
+            automation_max_attempts=3, automation_retry_delay=0)
+        self.helper(conf, database, 'setup', parties=10)
+
+        self.helper(conf, database, 'process')
+        self.helper(conf, database, 'process')
+        stats = self.helper(conf, database, 'stats')
+        outbox = self.by_party(stats)
+        self.assertEqual(outbox['p0002']['status'], 'failed')
+        self.assertEqual(outbox['p0002']['attempts'], 3)
+        self.assertIn('451', outbox['p0002']['error'])
+        self.assertEqual(server.data_calls['p0002@example.com'], 3)
+        states = {(a['activity'], a['party']): a
+            for a in stats['activities']}
+        self.assertEqual(states[('Mail', 'p0002')]['state'], 'failed')
+        self.assertIn('451', states[('Mail', 'p0002')]['error'])
+        self.assertEqual(states[('Later', 'p0002')]['state'], 'cancelled')
+        delivered, failed, _ = self.figures('max_attempts', stats, server)
+        self.assertEqual((len(delivered), len(failed)), (9, 1))
+
+    def test_fault_isolation(self):
+        "A raising template, a party without e-mail and a broken condition"
+        server = self._server().start()
+        database = self._database()
+        conf = self._write_conf(database, server.port)
+        self.helper(conf, database, 'setup', parties=20,
+            names={'2': 'bad', '5': 'noemail'}, no_email=['noemail'],
+            codes={'8': 'oops'}, condition=CONDITION,
+            template='<div><p>Hi ${record.name.upper() '
+            'if record.name != \'bad\' else 1/0}</p></div>')
+
+        self.helper(conf, database, 'process')
+        stats = self.helper(conf, database, 'stats')
+        states = {a['party']: a for a in self.mails(stats)}
+        bad = {'bad', 'noemail', 'p0008'}
+        for party in bad:
+            self.assertEqual(states[party]['state'], 'failed', msg=party)
+            self.assertTrue(states[party]['error'], msg=party)
+        for party, state in states.items():
+            if party not in bad:
+                self.assertEqual(state['state'], 'done', msg=party)
+        # The others are sent in the same run
+        self.assertEqual(len(server.received), 17)
+
+        # And the failed ones are not retried
+        self.helper(conf, database, 'process')
+        stats = self.helper(conf, database, 'stats')
+        self.assertEqual(
+            {a['party'] for a in self.mails(stats) if a['state'] == 'failed'},
+            bad)
+        for party in bad:
+            print('fault isolation: %s: %s' % (party, states[party]['error']),
+                file=sys.stderr)
+        delivered, failed, _ = self.figures('isolation', stats, server)
+        self.assertEqual((len(delivered), len(failed)), (17, 3))
+
+    def test_fault_crash(self):
+        "SIGKILL at random points of a run of hundreds of e-mails"
+        count, kills = 300, 3
+        seed = int(os.environ.get('MA_FAULT_SEED', time.time()))
+        rng = random.Random(seed)
+        server = self._server(delay=0.004).start()
+        database = self._database()
+        conf = self._write_conf(database, server.port,
+            automation_claim_size=50)
+        self.helper(conf, database, 'setup', parties=count)
+        print('fault crash: seed=%s' % seed, file=sys.stderr)
+
+        for kill in range(1, kills + 1):
+            before = len(server.received)
+            process = self.spawn(conf, database, 'process')
+            self.assertEqual(process.stdout.readline().strip(), '@@ready')
+            started = time.monotonic()
+            if kill > 1:
+                # The first kill falls anywhere, the others in the sending
+                deadline = started + 60
+                while (len(server.received) == before
+                        and process.poll() is None
+                        and time.monotonic() < deadline):
+                    time.sleep(0.01)
+            time.sleep(rng.uniform(0.1, 3) if kill == 1
+                else rng.uniform(0, 1))
+            pause = time.monotonic() - started
+            killed = process.poll() is None
+            if killed:
+                process.send_signal(signal.SIGKILL)
+            process.communicate()
+            stats = self.helper(conf, database, 'stats')
+            status = Counter(r['status'] for r in self.outbox(stats))
+            received = server.recipients
+            print('fault crash kill %s: after %.2fs killed=%s '
+                'received=%s (+%s) duplicated=%s outbox=%s' % (
+                    kill, pause, killed, len(server.received),
+                    len(server.received) - before,
+                    sum(received.values()) - len(received), dict(status)),
+                file=sys.stderr)
+            self.assertLessEqual(
+                sum(received.values()) - len(received), kill)
+
+        # The final clean run takes back the claims of the killed runs
+        final = self._write_conf(database + '-final', server.port,
+            automation_claim_timeout=0)
+        self.helper(final, database, 'process')
+        stats = self.helper(final, database, 'stats')
+        self.assertEqual(len(self.outbox(stats, 'sent')), count)
+        self.assertEqual(len(self.outbox(stats)), count)
+        delivered, _, duplicated = self.figures(
+            'crash', stats, server, allowed=kills)
+        self.assertEqual(len(delivered), count)
+        # Only the e-mail in the SMTP transaction may go twice
+        self.assertLessEqual(max(server.recipients.values()), 2)
+
+    @unittest.skipIf(BACKEND != 'postgresql',
+        "concurrent workers need PostgreSQL: SQLite has one writer and no "
+        "SELECT ... FOR UPDATE SKIP LOCKED")
+    def test_fault_concurrent_workers(self):
+        "Two trytond-worker, trytond-cron and two direct runs at once"
+        count = 300
+        server = self._server(delay=0.002).start()
+        database = self._database()
+        conf = self._write_conf(database, server.port, worker=True,
+            automation_claim_size=20, automation_batch_size=50)
+        self.helper(conf, database, 'setup', parties=count)
+        workers = [self._spawn_trytond(
+                    'trytond-worker', conf, database, '-n', '1')
+            for _ in range(2)]
+
+        deadline = time.monotonic() + 180
+        rounds = 0
+        while time.monotonic() < deadline:
+            rounds += 1
+            self.helper(conf, database, 'cron-due')
+            start_at = time.time() + 2
+            runs = [self.spawn(conf, database, 'process', start_at=start_at)
+                for _ in range(2)]
+            cron, _ = self._spawn_trytond('trytond-cron', conf, database, '-1')
+            for run in runs:
+                stdout, stderr = run.communicate(timeout=120)
+                self._result(run.returncode, stdout, stderr, 'process')
+            cron.wait(120)
+            # Let the workers execute what the runs queued
+            while time.monotonic() < deadline:
+                if not self.helper(conf, database, 'queue')['unfinished']:
+                    break
+                time.sleep(0.5)
+            stats = self.helper(conf, database, 'stats')
+            mails = self.mails(stats)
+            if (all(m['state'] != 'waiting' for m in mails)
+                    and not [e for e in self.outbox(stats)
+                        if e['status'] != 'sent']):
+                break
+        for process, _ in workers:
+            self.assertIsNone(process.poll(), msg='a worker died')
+        errors = 0
+        for _, log in workers:
+            log.seek(0)
+            errors += log.read().count('Traceback')
+        print('fault concurrent_workers: rounds=%s outbox=%s tasks=%s '
+            'worker tracebacks=%s' % (
+                rounds, dict(Counter(
+                        e['status'] for e in self.outbox(stats))),
+                self.helper(conf, database, 'queue')['tasks'], errors),
+            file=sys.stderr)
+        self.by_party(stats)
+        self.assertEqual(len(self.outbox(stats, 'sent')), count)
+        delivered, _, _ = self.figures('concurrent_workers', stats, server)
+        self.assertEqual(len(delivered), count)
+
+    @unittest.skipIf(BACKEND != 'postgresql',
+        "concurrent runs need PostgreSQL: SQLite has one writer and no "
+        "SELECT ... FOR UPDATE SKIP LOCKED")
+    def test_fault_concurrent_process(self):
+        "Three RecordActivity.process at once, without worker"
+        count, runs = 300, 3
+        server = self._server(delay=0.002).start()
+        database = self._database()
+        conf = self._write_conf(database, server.port,
+            automation_claim_size=20, automation_batch_size=50)
+        self.helper(conf, database, 'setup', parties=count)
+        start_at = time.time() + 2
+        processes = [self.spawn(conf, database, 'process', start_at=start_at)
+            for _ in range(runs)]
+        failures = 0
+        for process in processes:
+            stdout, stderr = process.communicate(timeout=120)
+            if '@@result ' not in stdout:
+                # A run may give up on a conflict: the next one goes on
+                failures += 1
+                print(stderr[-2000:], file=sys.stderr)
+        self.helper(conf, database, 'process')
+        stats = self.helper(conf, database, 'stats')
+        print('fault concurrent_process: runs=%s failed runs=%s outbox=%s' % (
+                runs, failures, dict(Counter(
+                        e['status'] for e in self.outbox(stats)))),
+            file=sys.stderr)
+        self.by_party(stats)
+        self.assertEqual(len(self.outbox(stats, 'sent')), count)
+        delivered, _, _ = self.figures('concurrent_process', stats, server)
+        self.assertEqual(len(delivered), count)
+
+    @unittest.skipIf(BACKEND != 'postgresql',
+        "concurrent enrolment needs PostgreSQL: SQLite serialises writers")
+    def test_fault_concurrent_trigger(self):
+        "Two Scenario.trigger at once enrol no record twice"
+        count = 300
+        database = self._database()
+        conf = self._write_conf(database, free_port())
+        self.helper(conf, database, 'setup', parties=count, trigger=False)
+        start_at = time.time() + 2
+        runs = [self.spawn(conf, database, 'trigger', start_at=start_at)
+            for _ in range(2)]
+        outputs = []
+        for run in runs:
+            stdout, stderr = run.communicate(timeout=120)
+            outputs.append(stderr)
+            self._result(run.returncode, stdout, stderr, 'trigger')
+        stats = self.helper(conf, database, 'stats')
+        records = [tuple(r) for r in stats['records']]
+        first = len(records)
+        self.assertEqual(len(records), len(set(records)), msg='enrolled twice')
+        conflicts = sum('could not enrol' in o for o in outputs)
+
+        self.helper(conf, database, 'trigger')
+        stats = self.helper(conf, database, 'stats')
+        records = [tuple(r) for r in stats['records']]
+        self.assertEqual(len(records), len(set(records)), msg='enrolled twice')
+        self.assertEqual(len(records), count)
+        pairs = [(a['activity'], a['record']) for a in stats['activities']]
+        self.assertEqual(len(pairs), len(set(pairs)))
+        self.assertEqual(len(self.mails(stats)), count)
+        print('fault concurrent_trigger: due=%s enrolled=%s after the '
+            'concurrent runs (%s run(s) gave up on a conflict), %s after one '
+            'more run, duplicated=0' % (count, first, conflicts,
+                len(records)), file=sys.stderr)
+
+
+class MidDataServer:
+    """A raw SMTP server that hangs up in the middle of the DATA of the
+    messages whose rank is in drop, after a few of their bytes"""
+
+    def __init__(self, drop):
+        self.drop = drop
+        self.port = free_port()
+        self.received = []
+        self.faulted = set()
+        self.count = 0
+        self._lock = threading.Lock()
+        self._socket = None
+        self._thread = None
+
+    def start(self):
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind(('127.0.0.1', self.port))
+        self._socket.listen(5)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        if self._socket:
+            self._socket.close()
+            self._socket = None
+
+    def _serve(self):
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return
+            threading.Thread(
+                target=self._session, args=(connection,), daemon=True).start()
+
+    def _session(self, connection):
+        reader = connection.makefile('rb')
+
+        def answer(line):
+            connection.sendall(line.encode() + b'\r\n')
+        try:
+            answer('220 localhost ESMTP')
+            recipient = None
+            while True:
+                line = reader.readline()
+                if not line:
+                    return
+                verb = line[:4].upper()
+                if verb in {b'EHLO', b'HELO'}:
+                    answer('250 localhost')
+                elif verb in {b'MAIL', b'RCPT', b'RSET', b'NOOP'}:
+                    if verb == b'RCPT':
+                        recipient = parseaddr(
+                            line[len(b'RCPT TO:'):].decode().strip())[1]
+                    answer('250 OK')
+                elif verb == b'QUIT':
+                    answer('221 Bye')
+                    return
+                elif verb == b'DATA':
+                    with self._lock:
+                        self.count += 1
+                        rank = self.count
+                    answer('354 End data with <CR><LF>.<CR><LF>')
+                    data = []
+                    while True:
+                        line = reader.readline()
+                        if not line:
+                            return
+                        data.append(line)
+                        if rank in self.drop and len(data) > 5:
+                            # Hang up in the middle of the message
+                            with self._lock:
+                                self.faulted.add(recipient)
+                            connection.shutdown(socket.SHUT_RDWR)
+                            return
+                        if line == b'.\r\n':
+                            break
+                    message = email.message_from_bytes(
+                        b''.join(data[:-1]), policy=email.policy.default)
+                    with self._lock:
+                        self.received.append((
+                                parseaddr(str(message['To']))[1],
+                                str(message['Message-ID'])))
+                    answer('250 Queued')
+                else:
+                    answer('502 Not implemented')
+        except OSError:
+            return
+        finally:
+            reader.close()
+            connection.close()
+
+    @property
+    def recipients(self):
+        with self._lock:
+            return Counter(to for to, _ in self.received)
