@@ -12,10 +12,11 @@ from trytond.i18n import gettext
 from trytond.model import EvalEnvironment, Index, ModelSQL, ModelView, fields
 from trytond.pool import Pool
 from trytond.pyson import Bool, Eval, PYSONDecoder
-from trytond.tools import grouped_slice, reduce_ids
+from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
 from .exceptions import ConditionError, DelayError, EventError, TemplateError
+from .marketing_automation import sliced
 
 
 class Activity(ModelSQL, ModelView):
@@ -196,7 +197,7 @@ class Activity(ModelSQL, ModelView):
         cursor = Transaction().connection.cursor()
 
         values = {n: defaultdict(lambda: None) for n in names}
-        for sub_ids in grouped_slice(activities):
+        for sub_ids in sliced(activities):
             sub_ids = list(map(int, sub_ids))
             cursor.execute(*record_activity.select(
                     record_activity.activity,

@@ -19,10 +19,10 @@ from trytond import backend
 from trytond.i18n import gettext
 from trytond.pool import Pool
 from trytond.sendmail import get_smtp_server
-from trytond.tools import grouped_slice, reduce_ids
+from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
-from .marketing_automation import current_time, new_token
+from .marketing_automation import current_time, new_token, sliced
 
 logger = logging.getLogger(__name__)
 
@@ -273,7 +273,7 @@ def get_delivery(record_activities, names):
     by_pair = {(ra.activity.id, ra.record.id): ra.id
         for ra in record_activities}
     record_ids = sorted({r for _, r in by_pair})
-    for sub_ids in grouped_slice(record_ids):
+    for sub_ids in sliced(record_ids):
         cursor.execute(*table.select(
                 table.marketing_automation_activity,
                 table.marketing_automation_record,

@@ -22,14 +22,16 @@ from trytond.i18n import gettext
 from trytond.model import ModelAccessProxy
 from trytond.pool import Pool
 from trytond.report import Report
-from trytond.tools import grouped_slice, reduce_ids
+from trytond.tools import reduce_ids
 from trytond.tools.email_ import format_address, set_from_header
 from trytond.transaction import Transaction
 from trytond.url import http_host
 
-from .marketing_automation import current_time, new_token
+from .marketing_automation import current_time, new_token, sliced
 
 UNSUBSCRIBE = 'unsubscribe'
+# Folding would encode a long List-Unsubscribe URL and break it
+SMTP_LONG_LINES = SMTP.clone(max_line_length=998)
 # Links that a redirect would break are left as they are
 UNTRACKED = re.compile(r'^(mailto:|tel:|sms:|#|\$)', re.IGNORECASE)
 
@@ -185,7 +187,7 @@ def _addresses(party_ids):
     mechanism = ContactMechanism.__table__()
     cursor = Transaction().connection.cursor()
     addresses = {}
-    for sub_ids in grouped_slice(sorted(party_ids)):
+    for sub_ids in sliced(sorted(party_ids)):
         # The ORM would read the contact mechanisms of each party
         cursor.execute(*mechanism.select(
                 mechanism.party, mechanism.value,
@@ -228,7 +230,8 @@ def compose(activity, record_activities):
     Lang = pool.get('ir.lang')
     ModelData = pool.get('ir.model.data')
     transaction = Transaction()
-    groups = [ModelData.get_id('marketing', 'group_marketing')]
+    # A tuple, as the access caches need a hashable key
+    groups = (ModelData.get_id('marketing', 'group_marketing'),)
 
     errors = {}
     parties = _parties(record_activities)
@@ -283,7 +286,7 @@ def compose(activity, record_activities):
                     transaction.user, now, message['To'], subject, body,
                     message['Message-ID'], str(resource), activity.id,
                     record_activity.record.id, token, json.dumps(links),
-                    message.as_string(policy=SMTP), 'pending', 0])
+                    message.as_string(policy=SMTP_LONG_LINES), 'pending', 0])
     _store(Email, rows)
     return errors
 
@@ -327,7 +330,7 @@ def _store(Email, rows):
         email.marketing_automation_attempts,
         ]
     # The ORM would insert them one by one on SQLite
-    for sub_rows in grouped_slice(rows, 100):
+    for sub_rows in sliced(rows, width=len(columns)):
         cursor.execute(*email.insert(columns, list(sub_rows)))
 
 

@@ -11,6 +11,7 @@ from sql.conditionals import Case
 from sql.operators import Concat, Exists
 
 import trytond.config as config
+from trytond import backend
 from trytond.i18n import gettext
 from trytond.model import Index, ModelSQL, ModelView, Unique, Workflow, fields
 from trytond.pool import Pool
@@ -30,6 +31,11 @@ BATCH_SIZE = 500
 def batch_size():
     return config.getint(
         'marketing', 'automation_batch_size', default=BATCH_SIZE)
+
+
+def sliced(values, width=1):
+    "Slice values to fit the parameters of one query"
+    return grouped_slice(values, max(backend.MAX_QUERY_PARAMS // width, 1))
 
 
 def current_time():
@@ -169,7 +175,7 @@ class Scenario(Workflow, ModelSQL, ModelView):
                         scenario._count_matching())
             else:
                 enrolled.append(scenario.id)
-        for sub_ids in grouped_slice(enrolled):
+        for sub_ids in sliced(enrolled):
             cursor.execute(*record.select(
                     record.scenario,
                     Count(),

@@ -12,10 +12,10 @@ from trytond.model import Index, ModelSQL, ModelView, Unique, Workflow, fields
 from trytond.pool import Pool
 from trytond.pyson import Eval, If
 from trytond.rpc import RPC
-from trytond.tools import grouped_slice, reduce_ids
+from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
-from .marketing_automation import batch_size, current_time
+from .marketing_automation import batch_size, current_time, sliced
 
 
 class RecordActivity(Workflow, ModelSQL, ModelView):
@@ -305,7 +305,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         transaction = Transaction()
         cursor = transaction.connection.cursor()
         waiting = set()
-        for sub_ids in grouped_slice(list(map(int, record_activities))):
+        for sub_ids in sliced(list(map(int, record_activities))):
             query = table.select(table.id,
                 where=reduce_ids(table.id, sub_ids)
                 & (table.state == 'waiting'))
@@ -333,7 +333,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
         transaction = Transaction()
-        for sub_ids in grouped_slice(list(map(int, record_activities))):
+        for sub_ids in sliced(list(map(int, record_activities))):
             columns = [table.state, table.at, table.write_uid,
                 table.write_date]
             values = [state, at, transaction.user, at]
@@ -362,7 +362,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 rows.append([record_activity.record.id, child.id, at,
                         'waiting', False, False, False, False,
                         transaction.user, now])
-        for sub_rows in grouped_slice(rows):
+        for sub_rows in sliced(rows, width=10):
             cursor.execute(*table.insert(
                     [table.record, table.activity, table.at, table.state,
                         table.email_opened, table.email_clicked,
@@ -401,7 +401,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         cursor = Transaction().connection.cursor()
         now = current_time()
         activity_ids = list(map(int, activities))
-        for sub_ids in grouped_slice(record_ids):
+        for sub_ids in sliced(record_ids):
             cursor.execute(*table.update(
                     [table.state, table.write_date],
                     ['cancelled', now],
@@ -423,7 +423,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             if activity_id and record_id:
                 by_activity[activity_id].append(record_id)
         for activity_id, record_ids in by_activity.items():
-            for sub_ids in grouped_slice(record_ids):
+            for sub_ids in sliced(record_ids):
                 cursor.execute(*table.update(
                         [table.state, table.error, table.write_date],
                         ['failed', error, now],
@@ -437,7 +437,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
         now = current_time()
-        for sub_ids in grouped_slice(list(map(int, records))):
+        for sub_ids in sliced(list(map(int, records))):
             cursor.execute(*table.update(
                     [table.state, table.write_date],
                     ['cancelled', now],
@@ -505,7 +505,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 else:
                     positives[child].append(record_activity.record.id)
         for child, record_ids in positives.items():
-            for sub_ids in grouped_slice(record_ids):
+            for sub_ids in sliced(record_ids):
                 cursor.execute(*table.update(
                         [table.at, table.write_date],
                         [at + (child.delay or dt.timedelta()), at],

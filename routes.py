@@ -32,6 +32,19 @@ KEY = re.compile(r'^[0-9a-f]{16}$')
 PIXEL = base64.b64decode(
     'R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7')
 ONE_CLICK = 'One-Click'
+# The only body is the small unsubscribe form
+MAX_REQUEST_SIZE = 16 * 1024
+
+
+def public(func):
+    """Make the tokens of the URL the only credentials
+
+    With max_request_size set, trytond never reads the Authorization header
+    of the request to log in."""
+    func.max_request_size = MAX_REQUEST_SIZE
+    # A form posted from a mail client may come from no origin
+    func.allow_null_origin = True
+    return func
 
 
 def pixel(status=HTTPStatus.OK):
@@ -72,6 +85,7 @@ def click_delay():
 
 
 @app.route('/m/<database_name>/o/<token>.gif', methods={'GET', 'HEAD'})
+@public
 @tracking(on_bad=pixel)
 @with_pool
 @with_transaction(readonly=False)
@@ -97,6 +111,7 @@ def email_open(request, pool, token):
 
 
 @app.route('/m/<database_name>/c/<token>/<key>', methods={'GET', 'HEAD'})
+@public
 @tracking()
 @with_pool
 @with_transaction(readonly=False)
@@ -124,6 +139,7 @@ def email_click(request, pool, token, key):
     methods={'GET', 'HEAD', 'POST'})
 @app.route('/m/<database_name>/u/<record_uuid>/<key>',
     methods={'GET', 'HEAD', 'POST'})
+@public
 @tracking()
 @with_pool
 @with_transaction(readonly=False)
@@ -149,8 +165,9 @@ def unsubscribe(request, pool, record_uuid, key=None):
         if request.method != 'POST':
             # A GET may come from a scanner, so it only asks
             return _page(record, confirm=not record.blocked)
+        one_click = request.form.get('List-Unsubscribe') == ONE_CLICK
         Record.block([record])
-        if request.form.get('List-Unsubscribe') == ONE_CLICK:
+        if one_click:
             # RFC 8058: no redirect and no page to show
             return Response('', HTTPStatus.OK, content_type='text/plain')
         if target:
