@@ -27,7 +27,7 @@ from trytond.tools.email_ import format_address, set_from_header
 from trytond.transaction import Transaction
 from trytond.url import http_host
 
-from .marketing_automation import current_time, new_token, sliced
+from .marketing_automation import current_time, new_token, sliced, sliced_rows
 
 UNSUBSCRIBE = 'unsubscribe'
 # Folding would encode a long List-Unsubscribe URL and break it
@@ -330,7 +330,7 @@ def _store(Email, rows):
         email.marketing_automation_attempts,
         ]
     # The ORM would insert them one by one on SQLite
-    for sub_rows in sliced(rows, width=len(columns)):
+    for sub_rows in sliced_rows(rows, len(columns)):
         cursor.execute(*email.insert(columns, list(sub_rows)))
 
 

@@ -38,6 +38,14 @@ def sliced(values, width=1):
     return grouped_slice(values, max(backend.MAX_QUERY_PARAMS // width, 1))
 
 
+def sliced_rows(rows, width):
+    "Slice rows to insert to fit the variables of one statement"
+    # MAX_QUERY_PARAMS of SQLite is about the depth of expressions, which
+    # VALUES does not nest
+    limit = 32_000 if backend.name == 'sqlite' else backend.MAX_QUERY_PARAMS
+    return grouped_slice(rows, max(min(limit // width, 1000), 1))
+
+
 def current_time():
     "Return the time to store: the database keeps no microsecond"
     return dt.datetime.now().replace(microsecond=0)

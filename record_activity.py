@@ -15,7 +15,7 @@ from trytond.rpc import RPC
 from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
-from .marketing_automation import batch_size, current_time, sliced
+from .marketing_automation import batch_size, current_time, sliced, sliced_rows
 
 
 class RecordActivity(Workflow, ModelSQL, ModelView):
@@ -362,7 +362,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 rows.append([record_activity.record.id, child.id, at,
                         'waiting', False, False, False, False,
                         transaction.user, now])
-        for sub_rows in sliced(rows, width=10):
+        for sub_rows in sliced_rows(rows, 10):
             cursor.execute(*table.insert(
                     [table.record, table.activity, table.at, table.state,
                         table.email_opened, table.email_clicked,

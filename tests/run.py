@@ -49,6 +49,18 @@ def run_suite(pattern):
             {'passed': passed, 'failed': failed, 'skipped': skipped}))
 
 
+def drop_postgresql_caches():
+    "Drop the cached test databases, whose schema may be out of date"
+    import psycopg
+    with psycopg.connect(POSTGRESQL + 'postgres', autocommit=True) as conn:
+        names = [n for n, in conn.execute(
+                "SELECT datname FROM pg_database "
+                "WHERE datname LIKE 'test-%%' "
+                "OR datname LIKE 'test_marketing_automation_%%'")]
+        for name in names:
+            conn.execute('DROP DATABASE IF EXISTS "%s"' % name)
+
+
 def run_backend(name, uri, pattern):
     env = dict(os.environ)
     env['TRYTOND_DATABASE__URI'] = uri
@@ -98,7 +110,11 @@ def main():
         if backend == 'sqlite':
             counts = run_backend('sqlite', 'sqlite://', args.pattern)
         elif postgresql_answers():
-            counts = run_backend('postgresql', POSTGRESQL, args.pattern)
+            drop_postgresql_caches()
+            try:
+                counts = run_backend('postgresql', POSTGRESQL, args.pattern)
+            finally:
+                drop_postgresql_caches()
         else:
             print('=== postgresql: not reachable at %s, not run' % POSTGRESQL)
             continue
