@@ -203,9 +203,26 @@ def _addresses(party_ids):
     return addresses
 
 
-def _language(party):
-    return (party.lang.code if party.lang else None) or config.get(
-        'database', 'language')
+def _languages(party_ids):
+    "Return the language code of each party"
+    pool = Pool()
+    PartyLang = pool.get('party.party.lang')
+    Lang = pool.get('ir.lang')
+    default = config.get('database', 'language')
+    languages = dict.fromkeys(party_ids, default)
+    domain = [('party', 'in', sorted(party_ids))]
+    if 'company' in PartyLang._fields:
+        domain.append(('company', 'in',
+                [Transaction().context.get('company'), None]))
+    # Party.lang is a multi-value read one party at a time
+    values = PartyLang.search_read(
+        domain, order=[('id', 'DESC')], fields_names=['party', 'lang'])
+    lang_ids = {v['lang'] for v in values if v['lang']}
+    codes = {l.id: l.code for l in Lang.browse(sorted(lang_ids))}
+    for value in values:
+        if value['lang']:
+            languages[value['party']] = codes[value['lang']]
+    return languages
 
 
 def _helpers(lang):
@@ -235,8 +252,9 @@ def compose(activity, record_activities):
 
     errors = {}
     parties = _parties(record_activities)
-    addresses = _addresses(
-        {p.id for _, p in parties.values() if p is not None})
+    party_ids = {p.id for _, p in parties.values() if p is not None}
+    addresses = _addresses(party_ids)
+    languages = _languages(party_ids)
     by_language = defaultdict(list)
     for record_activity in record_activities:
         resource, party = parties[record_activity]
@@ -249,7 +267,7 @@ def compose(activity, record_activities):
                 'marketing_automation.msg_no_email',
                 party=party.rec_name)
         else:
-            by_language[_language(party)].append(record_activity)
+            by_language[languages[party.id]].append(record_activity)
 
     now = current_time()
     rows = []

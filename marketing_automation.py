@@ -5,10 +5,9 @@ import logging
 import secrets
 from collections import defaultdict
 
-from sql import Cast, For, Literal
+from sql import Conflict, For
 from sql.aggregate import Count, Sum
 from sql.conditionals import Case
-from sql.operators import Concat, Exists
 
 import trytond.config as config
 from trytond import backend
@@ -298,38 +297,24 @@ class Scenario(Workflow, ModelSQL, ModelView):
         pool = Pool()
         Record = pool.get('marketing.automation.record')
         Model = pool.get(self.model)
-        table = Model.__table__()
-        record = Record.__table__()
         cursor = Transaction().connection.cursor()
-
-        candidates = Model.search([
-                self.pyson_domain,
-                ('marketing_party', 'not in', self._unsubscribed_parties()),
-                ], order=[], query=True)
-        reference = Concat(
-            self.model + ',',
-            Cast(table.id, Record.record.sql_type().base))
-        enrolled = record.select(
-            record.id,
-            where=(record.scenario == self.id) & (record.record == reference))
+        domain = [
+            self.pyson_domain,
+            ('marketing_party', 'not in', self._unsubscribed_parties()),
+            ]
 
         self._lock_enrolment()
         count, last = 0, 0
         while True:
             # Walk by ids to stream the candidates without materialising
-            cursor.execute(*table.select(
-                    table.id,
-                    where=(table.id > last)
-                    & table.id.in_(candidates)
-                    & ~Exists(enrolled),
-                    order_by=[table.id.asc],
-                    limit=batch_size()))
+            cursor.execute(*Model.search(
+                    [domain, ('id', '>', last)],
+                    order=[('id', 'ASC')], limit=batch_size(), query=True))
             ids = [i for i, in cursor]
             if not ids:
                 break
             last = ids[-1]
-            Record.enrol(self, ids)
-            count += len(ids)
+            count += Record.enrol(self, ids)
         return count
 
     def _lock_enrolment(self):
@@ -419,24 +404,45 @@ class Record(ModelSQL, ModelView):
 
     @classmethod
     def enrol(cls, scenario, ids):
-        """Enrol the records of ids in scenario and schedule its root
-        activities"""
+        """Enrol in scenario the records of ids which are not enrolled yet,
+        and schedule its root activities for them
+
+        Return the number of records enrolled."""
         pool = Pool()
         RecordActivity = pool.get('marketing.automation.record.activity')
         record = cls.__table__()
         record_activity = RecordActivity.__table__()
-        cursor = Transaction().connection.cursor()
         transaction = Transaction()
+        cursor = transaction.connection.cursor()
         now = current_time()
 
         # The ORM would issue a query per record to enrol
-        references = ['%s,%s' % (scenario.model, i) for i in ids]
-        cursor.execute(*record.insert(
-                [record.scenario, record.record, record.blocked, record.uuid,
-                    record.create_uid, record.create_date],
-                [[scenario.id, r, False, new_token(), transaction.user, now]
-                    for r in references]))
+        tokens = {'%s,%s' % (scenario.model, i): new_token() for i in ids}
+        insert = record.insert(
+            [record.scenario, record.record, record.blocked, record.uuid,
+                record.create_uid, record.create_date],
+            [[scenario.id, r, False, t, transaction.user, now]
+                for r, t in tokens.items()],
+            # A record already enrolled is left as it is
+            on_conflict=Conflict(
+                record, indexed_columns=[record.scenario, record.record]))
+        if transaction.database.has_returning():
+            insert.returning = [record.id]
+            cursor.execute(*insert)
+        else:
+            cursor.execute(*insert)
+            cursor.execute(*record.select(record.id,
+                    where=record.uuid.in_(list(tokens.values()))))
+        record_ids = [i for i, in cursor]
+
+        rows = []
         for activity in scenario.activities:
+            at = now + (activity.delay or dt.timedelta())
+            rows.extend(
+                [i, activity.id, at, 'waiting', False, False, False, False,
+                    transaction.user, now]
+                for i in record_ids)
+        for sub_rows in sliced_rows(rows, 10):
             cursor.execute(*record_activity.insert(
                     [record_activity.record, record_activity.activity,
                         record_activity.at, record_activity.state,
@@ -446,14 +452,8 @@ class Record(ModelSQL, ModelView):
                         record_activity.email_filtered,
                         record_activity.create_uid,
                         record_activity.create_date],
-                    record.select(
-                        record.id, Literal(activity.id),
-                        Literal(now + (activity.delay or dt.timedelta())),
-                        Literal('waiting'), Literal(False), Literal(False),
-                        Literal(False), Literal(False),
-                        Literal(transaction.user), Literal(now),
-                        where=(record.scenario == scenario.id)
-                        & record.record.in_(references))))
+                    list(sub_rows)))
+        return len(record_ids)
 
     @classmethod
     @ModelView.button

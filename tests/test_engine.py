@@ -22,14 +22,13 @@ from sql import Literal
 from sql.operators import Concat
 
 import trytond.config as config
+from trytond.modules.marketing_automation.email_ import unsubscribe_url
 from trytond.pool import Pool
 from trytond.pyson import Eval, Greater, PYSONEncoder
 from trytond.tests.test_tryton import (
     activate_module, drop_db, with_transaction)
 from trytond.tools import grouped_slice
 from trytond.transaction import Transaction
-
-from trytond.modules.marketing_automation.email_ import unsubscribe_url
 
 MODULE = 'marketing_automation'
 TEMPLATE = (
@@ -40,6 +39,9 @@ TEMPLATE = (
     '<a href="unsubscribe|https://shop.example.com/bye">leave us</a></p>'
     '</body></html>')
 BASE = 'https://track.example.com'
+
+
+TRACE_WIDTH = int(os.environ.get('MA_TRACE_WIDTH', 160))
 
 
 class StatementCounter:
@@ -65,7 +67,7 @@ class StatementCounter:
 
     def _record(self, query):
         self.count += 1
-        self.statements.append(' '.join(str(query).split())[:160])
+        self.statements.append(' '.join(str(query).split())[:TRACE_WIDTH])
 
     def __enter__(self):
         self._stack = contextlib.ExitStack()
