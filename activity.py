@@ -1,13 +1,14 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
 import datetime as dt
-from collections import defaultdict
+from collections import defaultdict, namedtuple
 
 from genshi.template import MarkupTemplate, NewTextTemplate
 from genshi.template import TemplateError as GenshiTemplateError
 from sql.aggregate import Count, Sum
 from sql.conditionals import Case
 
+from trytond.cache import Cache
 from trytond.i18n import gettext
 from trytond.model import EvalEnvironment, Index, ModelSQL, ModelView, fields
 from trytond.pool import Pool
@@ -18,9 +19,14 @@ from trytond.transaction import Transaction
 from .exceptions import ConditionError, DelayError, EventError, TemplateError
 from .marketing_automation import sliced
 
+ChildEvent = namedtuple('ChildEvent', ['id', 'event', 'negative', 'delay'])
+
 
 class Activity(ModelSQL, ModelView):
     __name__ = 'marketing.automation.activity'
+    # The routes move the tree on without reading it
+    _children_cache = Cache(
+        'marketing_automation.activity.children', context=False)
 
     name = fields.Char("Name", translate=True, required=True)
     parent = fields.Reference(
@@ -152,6 +158,33 @@ class Activity(ModelSQL, ModelView):
                     'invisible': Eval('action') != 'send_email',
                     }),
             ]
+
+    @classmethod
+    def children_events(cls, activity_id):
+        "Return the events the children of activity_id wait for"
+        children = cls._children_cache.get(activity_id)
+        if children is None:
+            children = [
+                (c.id, c.event, bool(c.negative),
+                    c.delay.total_seconds() if c.delay else 0)
+                for c in cls(activity_id).children]
+            cls._children_cache.set(activity_id, children)
+        return [ChildEvent(*c) for c in children]
+
+    @classmethod
+    def create(cls, vlist):
+        cls._children_cache.clear()
+        return super().create(vlist)
+
+    @classmethod
+    def write(cls, *args):
+        cls._children_cache.clear()
+        super().write(*args)
+
+    @classmethod
+    def delete(cls, activities):
+        cls._children_cache.clear()
+        super().delete(activities)
 
     @classmethod
     def default_negative(cls):

@@ -353,8 +353,8 @@ def _store(Email, rows):
 
 
 Tracked = namedtuple('Tracked', [
-        'record_activity', 'state', 'opened', 'clicked', 'opened_machine',
-        'filtered', 'links', 'sent_at'])
+        'record_activity', 'activity', 'record', 'state', 'opened', 'clicked',
+        'opened_machine', 'filtered', 'links', 'sent_at'])
 
 
 def lookup(token):
@@ -371,7 +371,8 @@ def lookup(token):
                 == email.marketing_automation_activity)
             & (record_activity.record == email.marketing_automation_record)
             ).select(
-            record_activity.id, record_activity.state,
+            record_activity.id, record_activity.activity,
+            record_activity.record, record_activity.state,
             record_activity.email_opened, record_activity.email_clicked,
             record_activity.email_opened_machine,
             record_activity.email_filtered,

@@ -1,7 +1,7 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
 import datetime as dt
-from collections import defaultdict
+from collections import defaultdict, namedtuple
 
 from sql import For, Literal, Null
 
@@ -16,6 +16,9 @@ from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
 from .marketing_automation import batch_size, current_time, sliced, sliced_rows
+
+Target = namedtuple(
+    'Target', ['id', 'activity', 'record', 'opened', 'clicked'])
 
 
 class RecordActivity(Workflow, ModelSQL, ModelView):
@@ -448,71 +451,109 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
     @ModelView.button
     def on_email_opened(cls, record_activities, at=None):
         "Record that the e-mail was opened and move the tree on"
-        record_activities = [
-            ra for ra in record_activities
-            if ra.state == 'done' and not ra.email_opened]
-        if not record_activities:
-            return
-        cls.write(record_activities, {'email_opened': True})
-        cls.on_event(record_activities, 'email_opened', at=at)
+        cls.record_events(cls._targets(record_activities), opened=True, at=at)
 
     @classmethod
     @ModelView.button
     def on_email_clicked(cls, record_activities, at=None):
         "Record that a link was clicked; a click implies an open"
-        record_activities = [ra for ra in record_activities
-            if ra.state == 'done']
-        cls.on_email_opened(
-            [ra for ra in record_activities if not ra.email_opened], at=at)
-        record_activities = [
-            ra for ra in record_activities if not ra.email_clicked]
-        if not record_activities:
-            return
-        cls.write(record_activities, {'email_clicked': True})
-        cls.on_event(record_activities, 'email_clicked', at=at)
+        cls.record_events(
+            cls._targets(record_activities), opened=True, clicked=True,
+            at=at)
+
+    @classmethod
+    def _targets(cls, record_activities):
+        return [Target(ra.id, ra.activity.id, ra.record.id,
+                ra.email_opened, ra.email_clicked)
+            for ra in record_activities if ra.state == 'done']
+
+    @classmethod
+    def record_events(cls, targets, opened=False, clicked=False, at=None):
+        """Record the events on the targets that did not have them and move
+        the tree on
+
+        The targets are record activities done, as Target tuples."""
+        if at is None:
+            at = current_time()
+        events = []
+        if opened:
+            events.append(('email_opened',
+                    [t for t in targets if not t.opened]))
+        if clicked:
+            events.append(('email_clicked',
+                    [t for t in targets if not t.clicked]))
+        for event, event_targets in events:
+            if event_targets:
+                cls._flag([t.id for t in event_targets], event)
+        for event, event_targets in events:
+            if event_targets:
+                cls._move_on(event_targets, event, at)
 
     @classmethod
     def on_email_opened_machine(cls, record_activities):
         "Record an automated open: it counts but moves nothing"
-        record_activities = [ra for ra in record_activities
-            if ra.state == 'done' and not ra.email_opened_machine]
-        if record_activities:
-            cls.write(record_activities, {'email_opened_machine': True})
+        cls._flag([ra.id for ra in record_activities
+                if ra.state == 'done' and not ra.email_opened_machine],
+            'email_opened_machine')
 
     @classmethod
     def on_email_filtered(cls, record_activities):
         "Record that an event was ignored as not coming from a person"
-        record_activities = [ra for ra in record_activities
-            if ra.state == 'done' and not ra.email_filtered]
-        if record_activities:
-            cls.write(record_activities, {'email_filtered': True})
+        cls._flag([ra.id for ra in record_activities
+                if ra.state == 'done' and not ra.email_filtered],
+            'email_filtered')
 
     @classmethod
-    def on_event(cls, record_activities, event, at=None):
-        """Make the children waiting for event due and cancel their negative
-        siblings"""
+    def record_machine_open(cls, ids):
+        "Record an open by a privacy proxy on the record activities of ids"
+        cls._flag(ids, 'email_opened_machine')
+
+    @classmethod
+    def record_filtered(cls, ids):
+        "Record an ignored event on the record activities of ids"
+        cls._flag(ids, 'email_filtered')
+
+    @classmethod
+    def _flag(cls, ids, name):
+        "Set the flag name on the record activities of ids"
+        if not ids:
+            return
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
-        if at is None:
-            at = current_time()
-        positives, negatives = defaultdict(list), []
-        for record_activity in record_activities:
-            for child in record_activity.activity.children:
+        column = getattr(table, name)
+        # A single statement per event, the ORM would read and check
+        for sub_ids in sliced(ids):
+            cursor.execute(*table.update(
+                    [column, table.write_date],
+                    [Literal(True), current_time()],
+                    where=reduce_ids(table.id, sub_ids)
+                    & (column == Literal(False))))
+
+    @classmethod
+    def _move_on(cls, targets, event, at):
+        """Make the children waiting for event due and cancel their negative
+        siblings"""
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        positives, negatives = defaultdict(set), defaultdict(set)
+        for target in targets:
+            for child in Activity.children_events(target.activity):
                 if child.event != event:
                     continue
                 if child.negative:
-                    negatives.append(child)
+                    negatives[child.id].add(target.record)
                 else:
-                    positives[child].append(record_activity.record.id)
+                    positives[child].add(target.record)
         for child, record_ids in positives.items():
-            for sub_ids in sliced(record_ids):
+            for sub_ids in sliced(sorted(record_ids)):
                 cursor.execute(*table.update(
                         [table.at, table.write_date],
-                        [at + (child.delay or dt.timedelta()), at],
+                        [at + dt.timedelta(seconds=child.delay), at],
                         where=reduce_ids(table.record, sub_ids)
                         & (table.activity == child.id)
                         & (table.state == 'waiting')
                         & (table.at == Null)))
-        cls._cancel(
-            list(set(negatives)),
-            list({ra.record.id for ra in record_activities}))
+        for child_id, record_ids in negatives.items():
+            cls._cancel([child_id], sorted(record_ids))

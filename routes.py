@@ -22,6 +22,7 @@ from trytond.wsgi import app
 
 from . import email_, scanner
 from .marketing_automation import current_time
+from .record_activity import Target
 
 logger = logging.getLogger(__name__)
 
@@ -97,17 +98,23 @@ def email_open(request, pool, token):
     if tracked.state == 'done':
         # A repeat changes nothing so it does not write
         who = scanner.classify(request)
-        record_activities = RecordActivity.browse(
-            [tracked.record_activity])
         if who == scanner.PERSON:
             if not tracked.opened:
-                RecordActivity.on_email_opened(record_activities)
+                RecordActivity.record_events(
+                    [_target(tracked)], opened=True)
         elif who == scanner.MACHINE:
             if not tracked.opened_machine:
-                RecordActivity.on_email_opened_machine(record_activities)
+                RecordActivity.record_machine_open(
+                    [tracked.record_activity])
         elif not tracked.filtered:
-            RecordActivity.on_email_filtered(record_activities)
+            RecordActivity.record_filtered([tracked.record_activity])
     return pixel()
+
+
+def _target(tracked):
+    return Target(
+        tracked.record_activity, tracked.activity, tracked.record,
+        tracked.opened, tracked.clicked)
 
 
 @app.route('/m/<database_name>/c/<token>/<key>', methods={'GET', 'HEAD'})
@@ -122,15 +129,14 @@ def email_click(request, pool, token, key):
     if not target:
         abort(HTTPStatus.NOT_FOUND)
     if tracked.state == 'done':
-        record_activities = RecordActivity.browse(
-            [tracked.record_activity])
         early = (not tracked.sent_at
             or current_time() < tracked.sent_at + click_delay())
         if scanner.classify(request) == scanner.PERSON and not early:
             if not tracked.clicked:
-                RecordActivity.on_email_clicked(record_activities)
+                RecordActivity.record_events(
+                    [_target(tracked)], opened=True, clicked=True)
         elif not tracked.filtered:
-            RecordActivity.on_email_filtered(record_activities)
+            RecordActivity.record_filtered([tracked.record_activity])
     # Every caller is sent on, only the counting differs
     return redirect(target, code=HTTPStatus.FOUND)
 
