@@ -33,6 +33,7 @@ from hypothesis.errors import HypothesisWarning
 from werkzeug.exceptions import HTTPException
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
+import trytond.config as config
 from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import DB_NAME, activate_module, drop_db
@@ -341,7 +342,7 @@ class RoutesFuzzTestCase(unittest.TestCase):
                                         'type': 'email',
                                         'value': '%s@example.com' % code,
                                         }])],
-                        } for code in 'ABCDE'])
+                        } for code in 'ABCDEF'])
             scenario, = Scenario.create([{
                         'name': "Fuzz",
                         'model': 'party.party',
@@ -382,7 +383,7 @@ class RoutesFuzzTestCase(unittest.TestCase):
         for message in cls.smtp.pop():
             code = message['To'].addresses[0].username.upper()
             messages[code] = message
-        assert sorted(messages) == list('ABCDE'), sorted(messages)
+        assert sorted(messages) == list('ABCDEF'), sorted(messages)
         return messages
 
     def urls(self, code):
@@ -486,6 +487,36 @@ class RoutesFuzzTestCase(unittest.TestCase):
                 'List-Unsubscribe': 'One-Click'})
         self.assertEqual(response.status_code, 200)
         self.assertEqual(self.record_activities('E'), after)
+
+    def test_machine_open_then_click(self):
+        "An early click and a machine open fire nothing, a later click does"
+        urls = self.urls('F')
+        config.set('marketing', 'automation_click_delay', '3600')
+        try:
+            response = follow(urls['clicks'][0])
+        finally:
+            config.set('marketing', 'automation_click_delay', '0')
+        self.assertEqual(response.status_code, 302)
+        after = self.record_activities('F')
+        self.assertFalse(after['Welcome']['clicked'])
+        self.assertTrue(after['Welcome']['filtered'])
+        self.assertEqual(after['Clicked']['at'], None)
+
+        self.assertEqual(
+            follow(urls['open'], user_agent=MACHINE).status_code, 200)
+        after = self.record_activities('F')
+        self.assertTrue(after['Welcome']['machine'])
+        self.assertFalse(after['Welcome']['opened'])
+        self.assertEqual(after['Opened']['at'], None)
+        self.assertEqual(after['Not opened']['state'], 'waiting')
+
+        self.assertEqual(follow(urls['clicks'][0]).status_code, 302)
+        after = self.record_activities('F')
+        self.assertTrue(after['Welcome']['clicked'])
+        self.assertTrue(after['Welcome']['opened'])
+        self.assertIsNotNone(after['Clicked']['at'])
+        self.assertIsNotNone(after['Opened']['at'])
+        self.assertEqual(after['Not opened']['state'], 'cancelled')
 
     def test_credentials_ignored(self):
         "The routes never try the credentials that a request carries"
