@@ -13,8 +13,7 @@ all: test
 $(STAMP): setup.py tryton.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,sale]' \
-		'trytond-marketing-email>=8.0,<8.1' flake8 isort sphinx
+	$(BIN)/python -m pip install -q -e '.[test,sale]' flake8 isort sphinx
 	touch $@
 
 $(VENV): $(STAMP)
