@@ -16,6 +16,7 @@ from genshi.core import END, START, Attrs, QName
 from genshi.template import MarkupTemplate, NewTextTemplate
 from lxml import etree
 from lxml import html as lxml_html
+from sql import Literal
 
 import trytond.config as config
 from trytond.i18n import gettext
@@ -359,14 +360,32 @@ Tracked = namedtuple('Tracked', [
 
 def lookup(token):
     "Return what the routes need to know of the e-mail of token, or None"
+    cursor = Transaction().connection.cursor()
+    query, params, index = _lookup_query()
+    params = list(params)
+    params[index] = token
+    cursor.execute(query, params)
+    row = cursor.fetchone()
+    if row:
+        return Tracked(*row)
+
+
+_TOKEN = object()
+
+
+@lru_cache(maxsize=1)
+def _lookup_query():
+    """Return the SQL of the lookup, its parameters and the index of the
+    token among them
+
+    One query instead of two searches and their reads, compiled once as it
+    runs at each tracked request."""
     pool = Pool()
     Email = pool.get('ir.email')
     RecordActivity = pool.get('marketing.automation.record.activity')
     email = Email.__table__()
     record_activity = RecordActivity.__table__()
-    cursor = Transaction().connection.cursor()
-    # One query instead of two searches and their reads
-    cursor.execute(*email.join(record_activity, condition=(
+    query, params = tuple(email.join(record_activity, condition=(
                 record_activity.activity
                 == email.marketing_automation_activity)
             & (record_activity.record == email.marketing_automation_record)
@@ -378,11 +397,9 @@ def lookup(token):
             record_activity.email_filtered,
             email.marketing_automation_links,
             email.marketing_automation_sent_at,
-            where=email.marketing_automation_token == token,
+            where=email.marketing_automation_token == Literal(_TOKEN),
             limit=1))
-    row = cursor.fetchone()
-    if row:
-        return Tracked(*row)
+    return query, tuple(params), list(params).index(_TOKEN)
 
 
 def target(links, key):

@@ -6,6 +6,7 @@ import json
 import os
 import resource
 import struct
+import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -55,9 +56,6 @@ def write_config(path, database_uri, database_path, smtp_port,
         'automation_base = %s' % AUTOMATION_BASE,
         # Clicks are not taken for a scanner's just after sending
         'automation_click_delay = 0',
-        '',
-        '[cache]',
-        'clean_timeout = 0',
         ]
     if web_listen:
         lines += ['', '[web]', 'listen = %s' % web_listen]
@@ -71,6 +69,9 @@ class StatementCounter:
     It patches the cursor classes that trytond uses: SQLiteCursor for
     sqlite3 and the cursor factory of the psycopg 3 connections."""
     count = 0
+    # Print each statement when BENCH_TRACE_SQL=all (=route: the first
+    # requests through the routes only)
+    trace = os.environ.get('BENCH_TRACE_SQL') == 'all'
 
     @classmethod
     def install(cls):
@@ -94,6 +95,9 @@ class StatementCounter:
 
         def counted_execute(self, *args, **kwargs):
             cls.count += 1
+            if cls.trace:
+                print('[sql] %s' % (args[0] if args else kwargs),
+                    file=sys.stderr, flush=True)
             return execute(self, *args, **kwargs)
 
         def counted_executemany(self, query, params_seq, *args, **kwargs):
@@ -126,6 +130,17 @@ class PeakMemory:
 
     def start(self):
         self.resettable = self._reset()
+
+    @staticmethod
+    def current_mb():
+        try:
+            with open('/proc/self/status') as fp:
+                for line in fp:
+                    if line.startswith('VmRSS:'):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return None
 
     @staticmethod
     def peak_mb():
@@ -166,13 +181,17 @@ class Step:
 
     def __enter__(self):
         self.memory.start()
+        self.rss_start_mb = self.memory.current_mb()
         self.emails0 = self.smtp_count() if self.smtp_count else 0
         self.statements0 = StatementCounter.count
+        self.load = os.getloadavg()[0]
+        self.cpu0 = self._cpu()
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.t0
+        self.cpu_seconds = self._cpu() - self.cpu0
         self.statements = StatementCounter.count - self.statements0
         if self.smtp_count:
             # The sink counts as the SMTP transaction ends
@@ -182,13 +201,22 @@ class Step:
         self.peak_rss_mb = self.memory.peak_mb()
         return False
 
+    @staticmethod
+    def _cpu():
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
     def result(self, **extra):
         result = {
             'seconds': round(self.seconds, 4),
+            'cpu_seconds': round(self.cpu_seconds, 4),
+            'load_average': round(self.load, 2),
             'statements': self.statements,
             'emails': self.emails,
             'peak_rss_mb': round(self.peak_rss_mb, 1),
             'peak_rss_reset': self.memory.resettable,
+            'rss_start_mb': (round(self.rss_start_mb, 1)
+                if self.rss_start_mb is not None else None),
             }
         result.update(extra)
         return result
