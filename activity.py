@@ -24,6 +24,9 @@ ChildEvent = namedtuple('ChildEvent', ['id', 'event', 'negative', 'delay'])
 
 class Activity(ModelSQL, ModelView):
     __name__ = 'marketing.automation.activity'
+    _email_states = {
+        'invisible': Eval('action') != 'send_email',
+        }
     # The routes move the tree on without reading it
     _children_cache = Cache(
         'marketing_automation.activity.children', context=False)
@@ -102,46 +105,35 @@ class Activity(ModelSQL, ModelView):
     email_opened = fields.Function(
         fields.Integer(
             "E-mails Opened",
-            states={
-                'invisible': Eval('action') != 'send_email',
-                }),
+            states=_email_states),
         'get_statistics')
     email_opened_machine = fields.Function(
         fields.Integer(
             "E-mails Opened by Machine",
-            states={
-                'invisible': Eval('action') != 'send_email',
-                },
+            states=_email_states,
             help="Opens by privacy proxies: they move no branch."),
         'get_statistics')
     email_clicked = fields.Function(
         fields.Integer(
             "E-mails Clicked",
-            states={
-                'invisible': Eval('action') != 'send_email',
-                }),
+            states=_email_states),
         'get_statistics')
     email_open_rate = fields.Function(
         fields.Float(
             "E-mail Open Rate", digits=(1, 2),
-            states={
-                'invisible': Eval('action') != 'send_email',
-                }),
+            states=_email_states),
         'get_statistics')
     email_click_rate = fields.Function(
         fields.Float(
             "E-mail Click Rate", digits=(1, 2),
-            states={
-                'invisible': Eval('action') != 'send_email',
-                }),
+            states=_email_states),
         'get_statistics')
     email_click_through_rate = fields.Function(
         fields.Float(
             "E-mail Click-Through Rate", digits=(1, 2),
-            states={
-                'invisible': Eval('action') != 'send_email',
-                }),
+            states=_email_states),
         'get_statistics')
+    del _email_states
 
     @classmethod
     def __setup__(cls):
@@ -318,38 +310,32 @@ class Activity(ModelSQL, ModelView):
 
     @classmethod
     def check_email_title(cls, activities, field_names=None):
-        if field_names and 'email_title' not in field_names:
-            return
-        for activity in activities:
-            for title in activity._translations('email_title'):
-                try:
-                    NewTextTemplate(title)
-                # The sandbox refuses private names with a bare ValueError
-                except (GenshiTemplateError, ValueError, SyntaxError) as e:
-                    raise TemplateError(gettext(
-                            'marketing_automation'
-                            '.msg_activity_email_title_invalid',
-                            activity=activity.rec_name,
-                            exception=e)) from e
+        cls._check_template(
+            activities, field_names, 'email_title', NewTextTemplate,
+            'marketing_automation.msg_activity_email_title_invalid')
 
     @classmethod
     def check_email_template(cls, activities, field_names=None):
-        if field_names and 'email_template' not in field_names:
+        cls._check_template(
+            activities, field_names, 'email_template', MarkupTemplate,
+            'marketing_automation.msg_activity_email_template_invalid')
+
+    @classmethod
+    def _check_template(
+            cls, activities, field_names, name, Template, message):
+        if field_names and name not in field_names:
             return
         for activity in activities:
-            for template in activity._translations('email_template'):
-                try:
-                    MarkupTemplate(template)
-                except (GenshiTemplateError, ValueError, SyntaxError) as e:
-                    raise TemplateError(gettext(
-                            'marketing_automation'
-                            '.msg_activity_email_template_invalid',
-                            activity=activity.rec_name,
-                            exception=e)) from e
-
-    def _translations(self, name):
-        value = getattr(self, name)
-        return [value] if value else []
+            text = getattr(activity, name)
+            if not text:
+                continue
+            try:
+                Template(text)
+            # The sandbox refuses private names with a bare ValueError
+            except (GenshiTemplateError, ValueError, SyntaxError) as e:
+                raise TemplateError(gettext(
+                        message, activity=activity.rec_name,
+                        exception=e)) from e
 
     def is_due(self, record_activity):
         "Tell whether the condition holds for the record"

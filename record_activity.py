@@ -23,6 +23,9 @@ Target = namedtuple(
 
 class RecordActivity(Workflow, ModelSQL, ModelView):
     __name__ = 'marketing.automation.record.activity'
+    _email_states = {
+        'invisible': Eval('activity_action') != 'send_email',
+        }
 
     record = fields.Many2One(
         'marketing.automation.record', "Record",
@@ -36,25 +39,17 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
     at = fields.DateTime("At")
     email_opened = fields.Boolean(
         "E-mail Opened",
-        states={
-            'invisible': Eval('activity_action') != 'send_email',
-            })
+        states=_email_states)
     email_clicked = fields.Boolean(
         "E-mail Clicked",
-        states={
-            'invisible': Eval('activity_action') != 'send_email',
-            })
+        states=_email_states)
     email_opened_machine = fields.Boolean(
         "E-mail Opened by Machine", readonly=True,
-        states={
-            'invisible': Eval('activity_action') != 'send_email',
-            },
+        states=_email_states,
         help="The image was fetched by a privacy proxy, not by a person.")
     email_filtered = fields.Boolean(
         "E-mail Event Filtered", readonly=True,
-        states={
-            'invisible': Eval('activity_action') != 'send_email',
-            },
+        states=_email_states,
         help="A scanner, a prefetch or a too early click was ignored.")
     state = fields.Selection([
             ('waiting', "Waiting"),
@@ -74,28 +69,21 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 ('sent', "Sent"),
                 ('failed', "Failed"),
                 ], "E-mail Status",
-            states={
-                'invisible': Eval('activity_action') != 'send_email',
-                }),
+            states=_email_states),
         'get_email_delivery')
     email_attempts = fields.Function(fields.Integer(
             "E-mail Attempts",
-            states={
-                'invisible': Eval('activity_action') != 'send_email',
-                }),
+            states=_email_states),
         'get_email_delivery')
     email_error = fields.Function(fields.Text(
             "E-mail Error",
-            states={
-                'invisible': Eval('activity_action') != 'send_email',
-                }),
+            states=_email_states),
         'get_email_delivery')
     email_next_try = fields.Function(fields.DateTime(
             "E-mail Next Try",
-            states={
-                'invisible': Eval('activity_action') != 'send_email',
-                }),
+            states=_email_states),
         'get_email_delivery')
+    del _email_states
 
     @classmethod
     def __setup__(cls):

@@ -509,6 +509,12 @@ class RoutesFuzzTestCase(unittest.TestCase):
         self.assertFalse(after['Welcome']['opened'])
         self.assertEqual(after['Opened']['at'], None)
         self.assertEqual(after['Not opened']['state'], 'waiting')
+        # It shows apart in the statistics of the activity
+        with Transaction().start(DB_NAME, 0, readonly=True):
+            Activity = Pool().get('marketing.automation.activity')
+            welcome, = Activity.search([('name', '=', "Welcome")])
+            self.assertGreaterEqual(welcome.email_opened_machine, 1)
+            self.assertLess(welcome.email_opened, welcome.record_count)
 
         self.assertEqual(follow(urls['clicks'][0]).status_code, 302)
         after = self.record_activities('F')
