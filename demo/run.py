@@ -320,7 +320,7 @@ def banner():
         "",
         "Web client: %s" % url,
         "Login:      admin / admin   (database: %s)" % DATABASE,
-        "Menu:       Marketing > Scenarios",
+        "Menu:       Marketing > Automation > Scenarios",
         "E-mails:    printed below and saved in %s" % MAIL_DIR,
         "SMTP:       %s:%s" % (HOST, SMTP_PORT),
         "Config:     %s" % CONFIG,
