@@ -478,27 +478,15 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 cls._move_on(event_targets, event, at)
 
     @classmethod
-    def on_email_opened_machine(cls, record_activities):
-        "Record an automated open: it counts but moves nothing"
-        cls._flag([ra.id for ra in record_activities
-                if ra.state == 'done' and not ra.email_opened_machine],
-            'email_opened_machine')
-
-    @classmethod
-    def on_email_filtered(cls, record_activities):
-        "Record that an event was ignored as not coming from a person"
-        cls._flag([ra.id for ra in record_activities
-                if ra.state == 'done' and not ra.email_filtered],
-            'email_filtered')
-
-    @classmethod
     def record_machine_open(cls, ids):
-        "Record an open by a privacy proxy on the record activities of ids"
+        """Record an open by a privacy proxy on the record activities of ids:
+        it counts but moves nothing"""
         cls._flag(ids, 'email_opened_machine')
 
     @classmethod
     def record_filtered(cls, ids):
-        "Record an ignored event on the record activities of ids"
+        """Record that an event on the record activities of ids was ignored
+        as not coming from a person"""
         cls._flag(ids, 'email_filtered')
 
     @classmethod
