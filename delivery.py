@@ -153,7 +153,7 @@ def _send(emails):
             if refused:
                 raise smtplib.SMTPRecipientsRefused(refused)
         except _Unreachable as exception:
-            _retry([e for e, _, _ in emails[index:]],
+            _retry([(e, a) for e, _, a in emails[index:]],
                 str(exception.__cause__ or exception))
             transaction.commit()
             return sent, False
@@ -162,7 +162,7 @@ def _send(emails):
                 _fail([email_id], str(exception),
                     attempts=(attempts or 0) + 1)
             else:
-                _retry([email_id], str(exception))
+                _retry([(email_id, attempts)], str(exception))
                 if isinstance(exception, (
                             smtplib.SMTPServerDisconnected, OSError)):
                     server = _close(server)
@@ -215,17 +215,16 @@ def _sent(email_id):
             where=table.id == email_id))
 
 
-def _retry(email_ids, error):
-    "Put the e-mails back in the outbox for a later attempt or give up"
+def _retry(emails, error):
+    """Put the e-mails back in the outbox for a later attempt or give up
+
+    emails are (id, attempts so far) pairs, as claimed."""
     table = _table()
     cursor = Transaction().connection.cursor()
-    logger.warning("could not send %s e-mails: %s", len(email_ids), error)
+    logger.warning("could not send %s e-mails: %s", len(emails), error)
     now = current_time()
-    cursor.execute(*table.select(
-            table.id, table.marketing_automation_attempts,
-            where=reduce_ids(table.id, email_ids)))
     by_attempts = defaultdict(list)
-    for email_id, attempts in cursor.fetchall():
+    for email_id, attempts in emails:
         by_attempts[(attempts or 0) + 1].append(email_id)
     for attempts, ids in by_attempts.items():
         if attempts >= max_attempts():

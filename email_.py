@@ -150,9 +150,8 @@ def html_to_text(content):
     return re.sub(r'\n{3,}', '\n\n', text).strip() + '\n'
 
 
-def _sender(activity):
-    return (activity.email_from
-        or config.get('marketing', 'email_from')
+def _configured_sender():
+    return (config.get('marketing', 'email_from')
         or config.get('email', 'from'))
 
 
@@ -251,6 +250,7 @@ def compose(activity, record_activities):
     # A tuple, as the access caches need a hashable key
     groups = (ModelData.get_id('marketing', 'group_marketing'),)
 
+    configured_sender = _configured_sender()
     errors = {}
     parties = _parties(record_activities)
     party_ids = {p.id for _, p in parties.values() if p is not None}
@@ -277,7 +277,7 @@ def compose(activity, record_activities):
             translated = Activity(activity.id)
             title = text_template(translated.email_title or '')
             template = markup_template(translated.email_template or '')
-            sender = _sender(translated)
+            sender = translated.email_from or _configured_sender()
             helpers = _helpers(Lang.get(language))
         for record_activity in language_activities:
             resource, party = parties[record_activity]
@@ -292,7 +292,8 @@ def compose(activity, record_activities):
                     .filter(track(token, record_activity.record.uuid, links))
                     .render(method='html', encoding=None))
                 message = _message(
-                    sender, format_address(addresses[party.id],
+                    configured_sender, sender,
+                    format_address(addresses[party.id],
                         party.rec_name),
                     subject, body, unsubscribe_url(
                         record_activity.record.uuid))
@@ -310,11 +311,9 @@ def compose(activity, record_activities):
     return errors
 
 
-def _message(sender, to, subject, body, unsubscribe):
+def _message(configured_sender, sender, to, subject, body, unsubscribe):
     message = EmailMessage()
-    from_ = config.get('marketing', 'email_from') or config.get(
-        'email', 'from')
-    set_from_header(message, from_ or sender, sender)
+    set_from_header(message, configured_sender or sender, sender)
     message['To'] = to
     message['Subject'] = subject
     message['Date'] = formatdate(localtime=True)

@@ -32,9 +32,9 @@ def batch_size():
         'marketing', 'automation_batch_size', default=BATCH_SIZE)
 
 
-def sliced(values, width=1):
+def sliced(values):
     "Slice values to fit the parameters of one query"
-    return grouped_slice(values, max(backend.MAX_QUERY_PARAMS // width, 1))
+    return grouped_slice(values, backend.MAX_QUERY_PARAMS)
 
 
 def sliced_rows(rows, width):
@@ -411,7 +411,6 @@ class Record(ModelSQL, ModelView):
         pool = Pool()
         RecordActivity = pool.get('marketing.automation.record.activity')
         record = cls.__table__()
-        record_activity = RecordActivity.__table__()
         transaction = Transaction()
         cursor = transaction.connection.cursor()
         now = current_time()
@@ -438,21 +437,8 @@ class Record(ModelSQL, ModelView):
         rows = []
         for activity in scenario.activities:
             at = now + (activity.delay or dt.timedelta())
-            rows.extend(
-                [i, activity.id, at, 'waiting', False, False, False, False,
-                    transaction.user, now]
-                for i in record_ids)
-        for sub_rows in sliced_rows(rows, 10):
-            cursor.execute(*record_activity.insert(
-                    [record_activity.record, record_activity.activity,
-                        record_activity.at, record_activity.state,
-                        record_activity.email_opened,
-                        record_activity.email_clicked,
-                        record_activity.email_opened_machine,
-                        record_activity.email_filtered,
-                        record_activity.create_uid,
-                        record_activity.create_date],
-                    list(sub_rows)))
+            rows.extend((i, activity.id, at) for i in record_ids)
+        RecordActivity.create_waiting(rows, now)
         return len(record_ids)
 
     @classmethod

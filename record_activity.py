@@ -149,7 +149,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
     def get_activity_actions(cls):
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
-        return Activity.fields_get(['action'])['action']['selection']
+        return Activity.get_parent_actions()
 
     @fields.depends('activity')
     def on_change_with_activity_action(self, name=None):
@@ -204,7 +204,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             cls.deliver()
 
     @classmethod
-    def deliver(cls, record_activities=None):
+    def deliver(cls):
         "Send the e-mails waiting in the outbox"
         pool = Pool()
         Email = pool.get('ir.email')
@@ -339,9 +339,6 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
     def schedule_children(cls, record_activities, now):
         """Create the record activities of the children of the activities
         that just ran"""
-        table = cls.__table__()
-        cursor = Transaction().connection.cursor()
-        transaction = Transaction()
         rows = []
         for record_activity in record_activities:
             for child in record_activity.activity.children:
@@ -350,16 +347,27 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                     at = None
                 else:
                     at = now + (child.delay or dt.timedelta())
-                rows.append([record_activity.record.id, child.id, at,
-                        'waiting', False, False, False, False,
-                        transaction.user, now])
-        for sub_rows in sliced_rows(rows, 10):
-            cursor.execute(*table.insert(
-                    [table.record, table.activity, table.at, table.state,
-                        table.email_opened, table.email_clicked,
-                        table.email_opened_machine, table.email_filtered,
-                        table.create_uid, table.create_date],
-                    list(sub_rows)))
+                rows.append((record_activity.record.id, child.id, at))
+        cls.create_waiting(rows, now)
+
+    @classmethod
+    def create_waiting(cls, rows, now):
+        """Create the waiting record activities of the (record, activity, at)
+        rows
+
+        The ORM would insert them one by one on SQLite."""
+        table = cls.__table__()
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        columns = [table.record, table.activity, table.at, table.state,
+            table.email_opened, table.email_clicked,
+            table.email_opened_machine, table.email_filtered,
+            table.create_uid, table.create_date]
+        values = [[record, activity, at, 'waiting', False, False, False,
+                False, transaction.user, now]
+            for record, activity, at in rows]
+        for sub_values in sliced_rows(values, len(columns)):
+            cursor.execute(*table.insert(columns, list(sub_values)))
 
     @classmethod
     def cancel_siblings(cls, record_activities):
@@ -381,24 +389,24 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                     ('event', '=', event),
                     ('negative', '=', False),
                     ])
-            cls._cancel(siblings, record_ids)
+            if siblings:
+                cls._cancel(record_ids, siblings)
 
     @classmethod
-    def _cancel(cls, activities, record_ids):
-        "Cancel the waiting record activities of activities for record_ids"
-        if not activities or not record_ids:
-            return
+    def _cancel(cls, record_ids, activities=None):
+        """Cancel the waiting record activities of record_ids, only those of
+        activities when given"""
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
         now = current_time()
-        activity_ids = list(map(int, activities))
+        where = table.state == 'waiting'
+        if activities is not None:
+            where &= table.activity.in_(list(map(int, activities)))
         for sub_ids in sliced(record_ids):
             cursor.execute(*table.update(
                     [table.state, table.write_date],
                     ['cancelled', now],
-                    where=reduce_ids(table.record, sub_ids)
-                    & table.activity.in_(activity_ids)
-                    & (table.state == 'waiting')))
+                    where=reduce_ids(table.record, sub_ids) & where))
 
     @classmethod
     def fail_delivery(cls, pairs, error):
@@ -420,20 +428,14 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                         ['failed', error, now],
                         where=reduce_ids(table.record, sub_ids)
                         & (table.activity == activity_id)))
-            cls._cancel(Activity(activity_id).children, record_ids)
+            children = Activity(activity_id).children
+            if children:
+                cls._cancel(record_ids, children)
 
     @classmethod
     def cancel_waiting(cls, records):
         "Cancel all the waiting record activities of the blocked records"
-        table = cls.__table__()
-        cursor = Transaction().connection.cursor()
-        now = current_time()
-        for sub_ids in sliced(list(map(int, records))):
-            cursor.execute(*table.update(
-                    [table.state, table.write_date],
-                    ['cancelled', now],
-                    where=reduce_ids(table.record, sub_ids)
-                    & (table.state == 'waiting')))
+        cls._cancel(list(map(int, records)))
 
     @classmethod
     @ModelView.button
@@ -532,4 +534,4 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                         & (table.state == 'waiting')
                         & (table.at == Null)))
         for child_id, record_ids in negatives.items():
-            cls._cancel([child_id], sorted(record_ids))
+            cls._cancel(sorted(record_ids), [child_id])
