@@ -3,19 +3,18 @@
 import datetime as dt
 from collections import defaultdict, namedtuple
 
-from genshi.template import MarkupTemplate, NewTextTemplate
-from genshi.template import TemplateError as GenshiTemplateError
 from sql.aggregate import Count, Sum
 from sql.conditionals import Case
 
 from trytond.cache import Cache
 from trytond.i18n import gettext
-from trytond.model import EvalEnvironment, Index, ModelSQL, ModelView, fields
+from trytond.model import Index, ModelSQL, ModelView, fields
 from trytond.pool import Pool
-from trytond.pyson import Bool, Eval, PYSONDecoder
+from trytond.pyson import Bool, Eval
 from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
+from . import sandbox
 from .exceptions import ConditionError, DelayError, EventError, TemplateError
 from .marketing_automation import sliced
 
@@ -301,7 +300,7 @@ class Activity(ModelSQL, ModelView):
             if not activity.condition:
                 continue
             try:
-                PYSONDecoder({'self': {}}).decode(activity.condition)
+                sandbox.check_condition(activity.condition)
             except Exception as exception:
                 raise ConditionError(gettext(
                         'marketing_automation.msg_activity_condition_invalid',
@@ -311,18 +310,18 @@ class Activity(ModelSQL, ModelView):
     @classmethod
     def check_email_title(cls, activities, field_names=None):
         cls._check_template(
-            activities, field_names, 'email_title', NewTextTemplate,
+            activities, field_names, 'email_title', sandbox.email_title,
             'marketing_automation.msg_activity_email_title_invalid')
 
     @classmethod
     def check_email_template(cls, activities, field_names=None):
         cls._check_template(
-            activities, field_names, 'email_template', MarkupTemplate,
+            activities, field_names, 'email_template', sandbox.email_template,
             'marketing_automation.msg_activity_email_template_invalid')
 
     @classmethod
     def _check_template(
-            cls, activities, field_names, name, Template, message):
+            cls, activities, field_names, name, parse, message):
         if field_names and name not in field_names:
             return
         for activity in activities:
@@ -330,9 +329,9 @@ class Activity(ModelSQL, ModelView):
             if not text:
                 continue
             try:
-                Template(text)
-            # The sandbox refuses private names with a bare ValueError
-            except (GenshiTemplateError, ValueError, SyntaxError) as e:
+                parse(text)
+            # Genshi raises a bare Exception for some syntax it cannot handle
+            except Exception as e:
                 raise TemplateError(gettext(
                         message, activity=activity.rec_name,
                         exception=e)) from e
@@ -341,9 +340,8 @@ class Activity(ModelSQL, ModelView):
         "Tell whether the condition holds for the record"
         if not self.condition:
             return True
-        record = record_activity.record.record
-        env = EvalEnvironment(record, record.__class__)
-        return bool(PYSONDecoder({'self': env}).decode(self.condition))
+        return sandbox.condition_holds(
+            self.condition, record_activity.record.record)
 
     @classmethod
     def execute(cls, activity, record_activities, **kwargs):

@@ -1,7 +1,6 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
 "Compose the e-mails of an activity and track their links and opens"
-import datetime as dt
 import hashlib
 import json
 import re
@@ -9,25 +8,23 @@ from collections import defaultdict, namedtuple
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import formatdate, make_msgid
-from functools import lru_cache, partial
+from functools import lru_cache
 from urllib.parse import quote
 
 from genshi.core import END, START, Attrs, QName
-from genshi.template import MarkupTemplate, NewTextTemplate
 from lxml import etree
 from lxml import html as lxml_html
 from sql import Literal
 
 import trytond.config as config
 from trytond.i18n import gettext
-from trytond.model import ModelAccessProxy
 from trytond.pool import Pool
-from trytond.report import Report
 from trytond.tools import reduce_ids
 from trytond.tools.email_ import format_address, set_from_header
 from trytond.transaction import Transaction
-from trytond.url import http_host
 
+from . import sandbox
+from .exceptions import AutomationBaseError
 from .marketing_automation import current_time, new_token, sliced, sliced_rows
 
 UNSUBSCRIBE = 'unsubscribe'
@@ -38,8 +35,19 @@ UNTRACKED = re.compile(r'^(mailto:|tel:|sms:|#|\$)', re.IGNORECASE)
 
 
 def automation_base():
+    """Return the scheme and host of the tracked URLs
+
+    Never the Host header of a request, which anyone can set."""
     base = config.get('marketing', 'automation_base', default=None)
-    return (base or http_host()).rstrip('/')
+    if not base:
+        hostname = config.get('web', 'hostname', default=None)
+        if not hostname:
+            raise AutomationBaseError(gettext(
+                    'marketing_automation.msg_automation_base_missing'))
+        scheme = 'https' if (config.get('ssl', 'certificate')
+            or config.get('ssl', 'privatekey')) else 'http'
+        base = '%s://%s' % (scheme, hostname)
+    return base.rstrip('/')
 
 
 def _url(kind, *tokens):
@@ -66,22 +74,12 @@ def link_key(url):
     return hashlib.sha256(url.encode('utf-8')).hexdigest()[:16]
 
 
-@lru_cache(maxsize=256)
-def markup_template(text):
-    return MarkupTemplate(text)
-
-
-@lru_cache(maxsize=256)
-def text_template(text):
-    return NewTextTemplate(text)
-
-
 def track(email_token, record_uuid, links):
     """Return a Genshi filter that tracks the links and adds the open image
 
     links is filled with the targets by key."""
     def tracked(href):
-        href = href.strip()
+        href = sandbox.check_link(href.strip())
         if href == UNSUBSCRIBE:
             return unsubscribe_url(record_uuid)
         if href.startswith(UNSUBSCRIBE + '|'):
@@ -225,17 +223,6 @@ def _languages(party_ids):
     return languages
 
 
-def _helpers(lang):
-    return {
-        'format_date': partial(Report.format_date, lang=lang),
-        'format_datetime': partial(Report.format_datetime, lang=lang),
-        'format_timedelta': partial(Report.format_timedelta, lang=lang),
-        'format_currency': partial(Report.format_currency, lang=lang),
-        'format_number': partial(Report.format_number, lang=lang),
-        'datetime': dt,
-        }
-
-
 def compose(activity, record_activities):
     """Render the e-mail of activity for each record activity and store them
     in the outbox
@@ -245,10 +232,9 @@ def compose(activity, record_activities):
     Activity = pool.get('marketing.automation.activity')
     Email = pool.get('ir.email')
     Lang = pool.get('ir.lang')
-    ModelData = pool.get('ir.model.data')
     transaction = Transaction()
-    # A tuple, as the access caches need a hashable key
-    groups = (ModelData.get_id('marketing', 'group_marketing'),)
+    # Fail early and keep the record activities waiting
+    automation_base()
 
     configured_sender = _configured_sender()
     errors = {}
@@ -275,22 +261,29 @@ def compose(activity, record_activities):
     for language, language_activities in by_language.items():
         with transaction.set_context(language=language):
             translated = Activity(activity.id)
-            title = text_template(translated.email_title or '')
-            template = markup_template(translated.email_template or '')
-            sender = translated.email_from or _configured_sender()
-            helpers = _helpers(Lang.get(language))
+            title = translated.email_title or ''
+            template = translated.email_template or ''
+            sender = translated.email_from or configured_sender
+            helpers = sandbox.helpers(Lang.get(language))
+        try:
+            # A template saved before a rule tightened fails only its own
+            sandbox.email_title(title)
+            sandbox.email_template(template)
+        except Exception as exception:
+            error = gettext(
+                'marketing_automation.msg_render_failed',
+                activity=activity.rec_name, exception=exception)
+            errors.update(dict.fromkeys(language_activities, error))
+            continue
         for record_activity in language_activities:
             resource, party = parties[record_activity]
             token = new_token()
             links = {}
             try:
-                proxy = ModelAccessProxy(resource, {'_groups': groups})
-                subject = ' '.join(
-                    title.generate(record=proxy, **helpers)
-                    .render(encoding=None).split())
-                body = (template.generate(record=proxy, **helpers)
-                    .filter(track(token, record_activity.record.uuid, links))
-                    .render(method='html', encoding=None))
+                context = sandbox.template_context(resource, helpers)
+                subject = sandbox.render_title(title, context)
+                body = sandbox.render_email(template, context, track(
+                        token, record_activity.record.uuid, links))
                 message = _message(
                     configured_sender, sender,
                     format_address(addresses[party.id],
@@ -399,6 +392,11 @@ def _lookup_query():
             where=email.marketing_automation_token == Literal(_TOKEN),
             limit=1))
     return query, tuple(params), list(params).index(_TOKEN)
+
+
+def redirectable(target):
+    "Tell whether target can go in a Location header"
+    return isinstance(target, str) and not sandbox.CONTROL.search(target)
 
 
 def target(links, key):

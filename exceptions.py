@@ -27,3 +27,7 @@ class DelayError(ValidationError):
 
 class ScenarioError(UserError):
     pass
+
+
+class AutomationBaseError(UserError):
+    pass

@@ -15,11 +15,11 @@ from trytond.i18n import gettext
 from trytond.model import Index, ModelSQL, ModelView, Unique, Workflow, fields
 from trytond.pool import Pool
 from trytond.pyson import Bool, Eval, PYSONDecoder
-from trytond.rpc import RPC
 from trytond.tools import grouped_slice, reduce_ids
 from trytond.transaction import Transaction
 
 from .exceptions import DomainError
+from .mixin import MarketingAutomationMixin
 
 logger = logging.getLogger(__name__)
 
@@ -53,22 +53,6 @@ def current_time():
 def new_token():
     "Return an unguessable token of 128 bits"
     return secrets.token_hex(16)
-
-
-class MarketingAutomationMixin:
-    "The models that a scenario can pick records from"
-    __slots__ = ()
-
-    marketing_party = fields.Function(
-        fields.Many2One('party.party', "Marketing Party"),
-        'get_marketing_party', searcher='search_marketing_party')
-
-    def get_marketing_party(self, name):
-        raise NotImplementedError
-
-    @classmethod
-    def search_marketing_party(cls, name, clause):
-        raise NotImplementedError
 
 
 def marketing_models():
@@ -128,9 +112,6 @@ class Scenario(Workflow, ModelSQL, ModelView):
             ('running', 'stopped'),
             ('stopped', 'draft'),
             }
-        cls.__rpc__.update({
-                'trigger': RPC(readonly=False, instantiate=0),
-                })
         cls._buttons.update({
                 'draft': {
                     'invisible': Eval('state') != 'stopped',

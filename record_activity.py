@@ -11,7 +11,6 @@ from trytond.i18n import gettext
 from trytond.model import Index, ModelSQL, ModelView, Unique, Workflow, fields
 from trytond.pool import Pool
 from trytond.pyson import Eval, If
-from trytond.rpc import RPC
 from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
@@ -107,9 +106,6 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             ('waiting', 'failed'),
             ('done', 'failed'),
             }
-        cls.__rpc__.update({
-                'process': RPC(readonly=False),
-                })
         cls._buttons.update({
                 'on_email_opened': {
                     'invisible': ((Eval('state') != 'done')

@@ -126,7 +126,7 @@ def email_click(request, pool, token, key):
     RecordActivity = pool.get('marketing.automation.record.activity')
     tracked = email_.lookup(token)
     target = email_.target(tracked.links, key) if tracked else None
-    if not target:
+    if not target or not email_.redirectable(target):
         abort(HTTPStatus.NOT_FOUND)
     if tracked.state == 'done':
         early = (not tracked.sent_at
@@ -176,7 +176,7 @@ def unsubscribe(request, pool, record_uuid, key=None):
         if one_click:
             # RFC 8058: no redirect and no page to show
             return Response('', HTTPStatus.OK, content_type='text/plain')
-        if target:
+        if target and email_.redirectable(target):
             return redirect(target, code=HTTPStatus.SEE_OTHER)
         return _page(record, confirm=False)
 

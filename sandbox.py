@@ -1,0 +1,528 @@
+# This file is part of Tryton.  The COPYRIGHT file at the top level of
+# this repository contains the full copyright notices and license terms.
+"""The sandbox of what a marketer writes: e-mail titles, e-mail templates
+and conditions
+
+A marketer is not an administrator. What they write sees only values made
+for templates: a read-only proxy of the record, which reads with the
+marketing group's rights, plain helper functions and the date and time
+types. Nothing whose name starts with "_" is reachable, by any route."""
+import _string
+import ast
+import datetime as dt
+import json
+import re
+import string
+from contextlib import contextmanager
+from decimal import Decimal
+from functools import lru_cache
+
+from genshi.core import START
+from genshi.template import MarkupTemplate, NewTextTemplate
+from genshi.template.base import EXEC, EXPR, INCLUDE, SUB
+from genshi.template.eval import UNDEFINED, Code, LookupBase, UndefinedError
+from genshi.template.markup import MarkupTemplate as _MarkupTemplate
+
+from trytond.i18n import gettext
+from trytond.model import EvalEnvironment, Model
+from trytond.pool import Pool
+from trytond.pyson import CONTEXT as PYSON_CLASSES
+from trytond.pyson import PYSONDecoder
+from trytond.report import Report
+from trytond.transaction import Transaction, check_access
+
+# What a link target must never carry: it would split an HTTP header
+CONTROL = re.compile(r'[\x00-\x1f\x7f]')
+XINCLUDE = _MarkupTemplate.XINCLUDE_NAMESPACE
+
+BUILTINS = {
+    'True': True, 'False': False, 'None': None,
+    'abs': abs, 'all': all, 'any': any, 'bool': bool, 'chr': chr,
+    'dict': dict, 'divmod': divmod, 'enumerate': enumerate,
+    'filter': filter, 'float': float, 'format': format,
+    'frozenset': frozenset, 'int': int, 'iter': iter, 'len': len,
+    'list': list,
+    'map': map, 'max': max, 'min': min, 'next': next, 'ord': ord,
+    'range': range, 'repr': repr, 'reversed': reversed, 'round': round,
+    'set': set, 'sorted': sorted, 'str': str, 'sum': sum, 'tuple': tuple,
+    'zip': zip,
+    }
+# Names refused when the template is saved, for a clearer message than
+# "not defined" when it is rendered
+REFUSED_NAMES = {
+    '__import__', 'breakpoint', 'classmethod', 'compile', 'delattr', 'dir',
+    'eval', 'exec', 'getattr', 'globals', 'hasattr', 'help', 'id', 'input',
+    'locals', 'memoryview', 'object', 'open', 'property', 'setattr',
+    'staticmethod', 'super', 'type', 'vars',
+    }
+# The values whose public attributes a template may read
+VALUE_TYPES = (
+    str, bytes, bool, int, float, complex, Decimal,
+    dt.date, dt.time, dt.timedelta, dt.tzinfo,
+    list, tuple, dict, set, frozenset, range)
+# The classes whose public attributes a template may read
+VALUE_CLASSES = frozenset({
+        dt.date, dt.datetime, dt.time, dt.timedelta, dt.timezone})
+
+
+@contextmanager
+def access(context):
+    """Check access in context, as a user: root skips every check
+
+    The crons run as root, so the checks then run as the administrator with
+    the groups of context."""
+    pool = Pool()
+    ModelData = pool.get('ir.model.data')
+    transaction = Transaction()
+    user = transaction.user or ModelData.get_id('res', 'user_admin')
+    with transaction.set_user(user), transaction.set_context(context), \
+            check_access():
+        yield
+
+
+class SandboxError(Exception):
+    "What a marketer wrote tried to leave the sandbox"
+
+
+def _refused(kind, **values):
+    return SandboxError(gettext(
+            'marketing_automation.msg_sandbox_' + kind, **values))
+
+
+def _private(name):
+    return _refused('private', name=name)
+
+
+class RecordProxy:
+    """A read-only view of a record for templates
+
+    It gives only the values of fields, read with the rights of its access
+    context, and proxies of the records they point to."""
+    __slots__ = ('_record', '_context')
+
+    def __init__(self, record, context):
+        object.__setattr__(self, '_record', record)
+        object.__setattr__(self, '_context', context)
+
+    @classmethod
+    def of(cls, records, context):
+        "Return the proxies of records, checked in context"
+        pool = Pool()
+        ModelAccess = pool.get('ir.model.access')
+        Rule = pool.get('ir.rule')
+        records = [r for r in records if r is not None and r.id is not None]
+        if records:
+            name = records[0].__name__
+            with access(context):
+                ModelAccess.check(name, 'read')
+                Rule.check(name, [r.id for r in records], 'read')
+        return [cls(r, context) for r in records]
+
+    def _field(self, name):
+        pool = Pool()
+        FieldAccess = pool.get('ir.model.field.access')
+        record = self._record
+        if name not in record._fields:
+            raise UndefinedError(name)
+        with access(self._context):
+            FieldAccess.check(record.__name__, [name], 'read')
+        return _template_value(getattr(record, name), self._context)
+
+    def __setattr__(self, name, value):
+        raise _refused('write')
+
+    def __delattr__(self, name):
+        raise _refused('write')
+
+    def __str__(self):
+        return '%s,%s' % (self._record.__name__, self._record.id)
+
+    __repr__ = __str__
+
+    def __int__(self):
+        return int(self._record.id)
+
+    def __bool__(self):
+        return True
+
+    def __eq__(self, other):
+        if isinstance(other, RecordProxy):
+            return self._record == other._record
+        return NotImplemented
+
+    def __hash__(self):
+        return hash(self._record)
+
+
+def _template_value(value, context):
+    "Return value as a template may see it"
+    if isinstance(value, Model):
+        return next(iter(RecordProxy.of([value], context)), None)
+    if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, Model) for v in value):
+            return tuple(RecordProxy.of(value, context))
+        return tuple(_template_value(v, context) for v in value)
+    if isinstance(value, dict):
+        return {k: _template_value(v, context) for k, v in value.items()}
+    if value is None or isinstance(value, VALUE_TYPES):
+        return value
+    raise _refused('value', type=type(value).__name__)
+
+
+def unproxied(value):
+    "Return the record behind a proxy, for the helpers"
+    if isinstance(value, RecordProxy):
+        return value._record
+    return value
+
+
+class Namespace:
+    "A read-only set of named values, such as the date and time types"
+    __slots__ = ('_values',)
+
+    def __init__(self, **values):
+        object.__setattr__(self, '_values', dict(values))
+
+    def __setattr__(self, name, value):
+        raise _refused('write')
+
+    def __repr__(self):
+        return '<%s>' % ', '.join(sorted(self._values))
+
+
+DATETIME = Namespace(
+    date=dt.date, datetime=dt.datetime, time=dt.time,
+    timedelta=dt.timedelta, timezone=dt.timezone)
+
+
+class _Formatter(string.Formatter):
+    "str.format that walks fields through the sandbox"
+
+    def get_field(self, field_name, args, kwargs):
+        first, rest = _string.formatter_field_name_split(field_name)
+        if isinstance(first, str) and first.startswith('_'):
+            raise _private(first)
+        value = self.get_value(first, args, kwargs)
+        for is_attribute, key in rest:
+            if is_attribute:
+                value = SandboxLookup.lookup_attr(value, key)
+            else:
+                value = SandboxLookup.lookup_item(value, (key,))
+        return value, first
+
+
+_formatter = _Formatter()
+
+
+def _format(text):
+    def format(*args, **kwargs):
+        return _formatter.vformat(text, args, kwargs)
+    return format
+
+
+def _format_map(text):
+    def format_map(mapping):
+        return _formatter.vformat(text, (), mapping)
+    return format_map
+
+
+class SandboxLookup(LookupBase):
+    """How names, attributes and items are looked up in the expressions of a
+    template"""
+
+    @classmethod
+    def globals(cls, data):
+        values = super().globals(data)
+        # Without it, a name the transformer leaves alone reaches Python's
+        # own builtins
+        values['__builtins__'] = BUILTINS
+        return values
+
+    @classmethod
+    def lookup_name(cls, data, name):
+        if name.startswith('_'):
+            raise _private(name)
+        value = data.get(name, BUILTINS.get(name, UndefinedError))
+        if value is UndefinedError:
+            return cls.undefined(name)
+        return value
+
+    @classmethod
+    def lookup_attr(cls, obj, key):
+        if not isinstance(key, str) or key.startswith('_'):
+            raise _private(str(key))
+        if isinstance(obj, RecordProxy):
+            return obj._field(key)
+        if isinstance(obj, Namespace):
+            if key not in obj._values:
+                return cls.undefined(key, owner=obj)
+            return obj._values[key]
+        if isinstance(obj, str) and key == 'format':
+            return _format(obj)
+        if isinstance(obj, str) and key == 'format_map':
+            return _format_map(obj)
+        if not (isinstance(obj, VALUE_TYPES) or obj in VALUE_CLASSES):
+            raise _refused('value', type=type(obj).__name__)
+        try:
+            return getattr(obj, key)
+        except AttributeError:
+            if isinstance(obj, dict) and key in obj:
+                return obj[key]
+            return cls.undefined(key, owner=obj)
+
+    @classmethod
+    def lookup_item(cls, obj, key):
+        if len(key) == 1:
+            key, = key
+        if isinstance(key, str) and key.startswith('_'):
+            raise _private(key)
+        if isinstance(obj, (RecordProxy, Namespace)):
+            return cls.lookup_attr(obj, key)
+        if not isinstance(obj, VALUE_TYPES):
+            raise _refused('value', type=type(obj).__name__)
+        try:
+            return obj[key]
+        except (KeyError, IndexError, TypeError):
+            if isinstance(key, str):
+                return cls.lookup_attr(obj, key)
+            raise
+
+    @classmethod
+    def undefined(cls, key, owner=UNDEFINED):
+        raise UndefinedError(key, owner=owner)
+
+
+class _NoLoader:
+    "A template loader that reads nothing: includes are refused"
+    # Genshi loads includes when the template is rendered with this set
+    auto_reload = True
+
+    def load(self, *args, **kwargs):
+        raise _refused('include')
+
+
+def _check_expression(code):
+    "Refuse the Python of code that could leave the sandbox"
+    source = code.source if isinstance(code.source, str) else ''
+    try:
+        tree = ast.parse(source.strip(), mode='eval')
+    except SyntaxError:
+        tree = ast.parse(source.strip(), mode='exec')
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            if node.id.startswith('_'):
+                raise _private(node.id)
+            if node.id in REFUSED_NAMES:
+                raise _refused('name', name=node.id)
+        elif isinstance(node, ast.Attribute):
+            if node.attr.startswith('_'):
+                raise _private(node.attr)
+            if not isinstance(node.ctx, ast.Load):
+                raise _refused('write')
+        elif isinstance(node, ast.Subscript):
+            if not isinstance(node.ctx, ast.Load):
+                raise _refused('write')
+            if (isinstance(node.slice, ast.Constant)
+                    and isinstance(node.slice.value, str)
+                    and node.slice.value.startswith('_')):
+                raise _private(node.slice.value)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            raise _refused('import')
+        elif isinstance(node, (
+                    ast.Global, ast.Nonlocal, ast.Yield, ast.YieldFrom,
+                    ast.Await, ast.FunctionDef, ast.AsyncFunctionDef,
+                    ast.ClassDef)):
+            raise _refused('statement', statement=type(node).__name__)
+
+
+def _codes(value, depth=0):
+    "Yield the Code objects held by a directive"
+    if isinstance(value, Code):
+        yield value
+    elif depth < 4:
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, (list, tuple)):
+            for item in value:
+                yield from _codes(item, depth + 1)
+        elif hasattr(value, '__slots__') or hasattr(value, '__dict__'):
+            names = set(getattr(value, '__dict__', {}))
+            for cls in type(value).__mro__:
+                names.update(getattr(cls, '__slots__', ()))
+            for name in names:
+                yield from _codes(
+                    getattr(value, name, None), depth + 1)
+
+
+def _check_stream(stream):
+    """Check every expression of a parsed template stream, refuse includes
+    and code blocks, and the link targets that carry control characters"""
+    for kind, data, pos in stream:
+        if kind is EXPR:
+            _check_expression(data)
+        elif kind is EXEC:
+            raise _refused('python')
+        elif kind is INCLUDE:
+            raise _refused('include')
+        elif kind is SUB:
+            directives, substream = data
+            for directive in directives:
+                for code in _codes(directive):
+                    _check_expression(code)
+            _check_stream(substream)
+        elif kind is START:
+            tag, attrs = data
+            if tag in {'{%s}include' % XINCLUDE, '{%s}fallback' % XINCLUDE}:
+                raise _refused('include')
+            for name, value in attrs:
+                if isinstance(value, list):
+                    _check_stream(value)
+                elif (name.localname == 'href'
+                        and CONTROL.search(value or '')):
+                    raise _refused('link')
+
+
+@lru_cache(maxsize=256)
+def email_template(text):
+    "Return the checked Genshi HTML template of text"
+    template = MarkupTemplate(
+        text, loader=_NoLoader(), lookup=SandboxLookup, allow_exec=False)
+    _check_stream(template.stream)
+    return template
+
+
+@lru_cache(maxsize=256)
+def email_title(text):
+    "Return the checked Genshi text template of text"
+    template = NewTextTemplate(
+        text, loader=_NoLoader(), lookup=SandboxLookup, allow_exec=False)
+    _check_stream(template.stream)
+    return template
+
+
+def helpers(lang):
+    "Return the helpers of the templates in lang, as plain functions"
+    def format_date(value, format=None):
+        return Report.format_date(value, lang, format=format)
+
+    def format_datetime(value, format=None, timezone=None):
+        return Report.format_datetime(
+            value, lang, format=format, timezone=timezone)
+
+    def format_timedelta(value, converter=None):
+        return Report.format_timedelta(value, converter=converter, lang=lang)
+
+    def format_currency(value, currency, symbol=True, grouping=True,
+            digits=None):
+        return Report.format_currency(
+            value, lang, unproxied(currency), symbol=symbol,
+            grouping=grouping, digits=digits)
+
+    def format_number(value, digits=None, grouping=True, monetary=None):
+        return Report.format_number(
+            value, lang, digits=digits, grouping=grouping,
+            monetary=monetary)
+    return {
+        'format_date': format_date,
+        'format_datetime': format_datetime,
+        'format_timedelta': format_timedelta,
+        'format_currency': format_currency,
+        'format_number': format_number,
+        'datetime': DATETIME,
+        }
+
+
+def template_context(record, helpers):
+    "Return what the templates of record see, with the helpers of its language"
+    context = dict(helpers)
+    context['record'], = RecordProxy.of(
+        [record], record.marketing_access_context)
+    return context
+
+
+def render_title(text, context):
+    "Return the e-mail title rendered on one line"
+    return ' '.join(
+        email_title(text).generate(**context).render(encoding=None).split())
+
+
+def render_email(text, context, filter_=None):
+    "Return the e-mail HTML rendered, passed through filter_"
+    stream = email_template(text).generate(**context)
+    if filter_ is not None:
+        stream = stream.filter(filter_)
+    return stream.render(method='html', encoding=None)
+
+
+def check_link(href):
+    "Refuse a link target that could split an HTTP header"
+    if CONTROL.search(href):
+        raise _refused('link')
+    return href
+
+
+# Conditions
+
+class ConditionEnvironment(EvalEnvironment):
+    "The record as a condition sees it: its fields, read in its context"
+    __slots__ = ('_context',)
+
+    def __init__(self, record, Model, context):
+        super().__init__(record, Model)
+        self._context = context
+
+    def __getitem__(self, item):
+        pool = Pool()
+        FieldAccess = pool.get('ir.model.field.access')
+        name = item[len('_parent_'):] if item.startswith('_parent_') else item
+        if name.startswith('_') or name not in self._model._fields:
+            raise KeyError(item)
+        with access(self._context):
+            FieldAccess.check(self._model.__name__, [name], 'read')
+        if item != name:
+            parent = getattr(self._record, name)
+            Parent = pool.get(self._model._fields[name].model_name)
+            if parent is not None:
+                RecordProxy.of([parent], self._context)
+            return ConditionEnvironment(parent, Parent, self._context)
+        return super().__getitem__(item)
+
+    def get(self, item, default=None):
+        # An access error must fail the condition, not read as the default
+        try:
+            return self[item]
+        except KeyError:
+            return default
+
+
+def check_condition(condition):
+    "Refuse a condition that does not parse or names a private value"
+    PYSONDecoder({'self': {}}).decode(condition)
+
+    def walk(value):
+        if isinstance(value, dict):
+            names = []
+            if ('__class__' in value
+                    and value['__class__'] not in PYSON_CLASSES):
+                raise _refused('name', name=str(value['__class__']))
+            if value.get('__class__') == 'Eval':
+                names = str(value.get('v', '')).split('.')
+            elif value.get('__class__') == 'Get':
+                names = [str(value.get('k', ''))]
+            for name in names:
+                if name.startswith('_') and not name.startswith('_parent_'):
+                    raise _private(name)
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+    walk(json.loads(condition))
+
+
+def condition_holds(condition, record):
+    "Tell whether the PYSON condition holds for record"
+    context = record.marketing_access_context
+    RecordProxy.of([record], context)
+    environment = ConditionEnvironment(record, record.__class__, context)
+    return bool(PYSONDecoder({'self': environment}).decode(condition))
