@@ -46,8 +46,8 @@ class Activity(ModelSQL, ModelView):
         'on_change_with_parent_action')
     event = fields.Selection([
             (None, ""),
-            ('email_opened', "E-mail Opened"),
-            ('email_clicked', "E-mail Clicked"),
+            ('email_opened', "Email Opened"),
+            ('email_clicked', "Email Clicked"),
             ], "Event")
     negative = fields.Boolean(
         "Negative",
@@ -55,12 +55,12 @@ class Activity(ModelSQL, ModelView):
         "by the end of the delay.")
     on = fields.Function(fields.Selection([
                 (None, ""),
-                ('email_opened', "E-mail Opened"),
-                ('email_opened_not', "E-mail Not Opened"),
-                ('email_clicked', "E-mail Clicked"),
-                ('email_clicked_not', "E-mail Not Clicked"),
+                ('email_opened', "Email Opened"),
+                ('email_opened_not', "Email Not Opened"),
+                ('email_clicked', "Email Clicked"),
+                ('email_clicked_not', "Email Not Clicked"),
                 ], "On",
-            help="The event of the parent's e-mail that the activity "
+            help="The event of the parent's email that the activity "
             "waits for."),
         'get_on', setter='set_on')
     condition = fields.Char(
@@ -72,10 +72,12 @@ class Activity(ModelSQL, ModelView):
         states={
             'required': Bool(Eval('negative')),
             },
-        help="How long to wait before running the activity.")
+        help="How long to wait before running the activity, in days and "
+        "hours:minutes: \"2d 04:30\" is two days and four and a half "
+        "hours, \"00:15\" a quarter of an hour.")
     action = fields.Selection([
             (None, ""),
-            ('send_email', "Send E-mail"),
+            ('send_email', "Send Email"),
             ], "Action")
     email_from = fields.Char(
         "From", translate=True,
@@ -84,14 +86,14 @@ class Activity(ModelSQL, ModelView):
             },
         help="Leave empty for the value of the configuration file.")
     email_title = fields.Char(
-        "E-mail Title", translate=True,
+        "Email Title", translate=True,
         states={
             'invisible': Eval('action') != 'send_email',
             'required': Eval('action') == 'send_email',
             },
         help="A Genshi text template with 'record' in its context.")
     email_template = fields.Text(
-        "E-mail Template", translate=True,
+        "Email Template", translate=True,
         states={
             'invisible': Eval('action') != 'send_email',
             'required': Eval('action') == 'send_email',
@@ -103,33 +105,40 @@ class Activity(ModelSQL, ModelView):
         fields.Integer("Records"), 'get_statistics')
     email_opened = fields.Function(
         fields.Integer(
-            "E-mails Opened",
+            "Emails Opened",
             states=_email_states),
         'get_statistics')
     email_opened_machine = fields.Function(
         fields.Integer(
-            "E-mails Opened by Machine",
+            "Emails Opened by Machine",
             states=_email_states,
             help="Opens by privacy proxies: they move no branch."),
         'get_statistics')
     email_clicked = fields.Function(
         fields.Integer(
-            "E-mails Clicked",
+            "Emails Clicked",
             states=_email_states),
+        'get_statistics')
+    email_filtered = fields.Function(
+        fields.Integer(
+            "Emails Filtered",
+            states=_email_states,
+            help="Emails on which an open or a click was ignored as a "
+            "scanner's, a prefetch's or too early: they move no branch."),
         'get_statistics')
     email_open_rate = fields.Function(
         fields.Float(
-            "E-mail Open Rate", digits=(1, 2),
+            "Email Open Rate", digits=(1, 2),
             states=_email_states),
         'get_statistics')
     email_click_rate = fields.Function(
         fields.Float(
-            "E-mail Click Rate", digits=(1, 2),
+            "Email Click Rate", digits=(1, 2),
             states=_email_states),
         'get_statistics')
     email_click_through_rate = fields.Function(
         fields.Float(
-            "E-mail Click-Through Rate", digits=(1, 2),
+            "Email Click-Through Rate", digits=(1, 2),
             states=_email_states),
         'get_statistics')
     del _email_states
@@ -231,19 +240,22 @@ class Activity(ModelSQL, ModelView):
                     Sum(Case(
                             (record_activity.email_opened_machine, 1),
                             else_=0)),
+                    Sum(Case(
+                            (record_activity.email_filtered, 1), else_=0)),
                     where=reduce_ids(record_activity.activity, sub_ids)
                     & (record_activity.state == 'done'),
                     group_by=record_activity.activity))
-            counts = {a: (d, o or 0, c or 0, m or 0)
-                for a, d, o, c, m in cursor}
+            counts = {a: (d, o or 0, c or 0, m or 0, f or 0)
+                for a, d, o, c, m, f in cursor}
             for activity_id in sub_ids:
-                done, opened, clicked, machine = counts.get(
-                    activity_id, (0, 0, 0, 0))
+                done, opened, clicked, machine, filtered = counts.get(
+                    activity_id, (0, 0, 0, 0, 0))
                 row = {
                     'record_count': done,
                     'email_opened': opened,
                     'email_opened_machine': machine,
                     'email_clicked': clicked,
+                    'email_filtered': filtered,
                     'email_open_rate': (
                         round(opened / done, 2) if done else 0.),
                     'email_click_rate': (

@@ -1,9 +1,9 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
-"""Deliver the outbox to the SMTP server, each e-mail exactly once
+"""Deliver the outbox to the SMTP server, each email exactly once
 
-An e-mail is claimed, sent, then marked as sent in its own commit. So a
-crash can only send again the e-mail that was in the SMTP transaction."""
+An email is claimed, sent, then marked as sent in its own commit. So a
+crash can only send again the email that was in the SMTP transaction."""
 import datetime as dt
 import logging
 import smtplib
@@ -32,7 +32,7 @@ def claim_size():
 
 
 def claim_timeout():
-    "How long a claimed e-mail is kept before another run takes it"
+    "How long a claimed email is kept before another run takes it"
     return dt.timedelta(seconds=config.getint(
             'marketing', 'automation_claim_timeout', default=15 * 60))
 
@@ -48,7 +48,7 @@ def retry_delay(attempts):
 
 
 def deliver():
-    "Send the pending e-mails of the outbox by claimed batches"
+    "Send the pending emails of the outbox by claimed batches"
     sent = 0
     while True:
         claim = _claim_retrying()
@@ -82,7 +82,7 @@ def _claim_retrying(retry=5):
 
 
 def _claim():
-    "Claim a batch of due e-mails so that no other run sends them"
+    "Claim a batch of due emails so that no other run sends them"
     table = _table()
     transaction = Transaction()
     cursor = transaction.connection.cursor()
@@ -216,12 +216,12 @@ def _sent(email_id):
 
 
 def _retry(emails, error):
-    """Put the e-mails back in the outbox for a later attempt or give up
+    """Put the emails back in the outbox for a later attempt or give up
 
     emails are (id, attempts so far) pairs, as claimed."""
     table = _table()
     cursor = Transaction().connection.cursor()
-    logger.warning("could not send %s e-mails: %s", len(emails), error)
+    logger.warning("could not send %s emails: %s", len(emails), error)
     now = current_time()
     by_attempts = defaultdict(list)
     for email_id, attempts in emails:
@@ -244,7 +244,7 @@ def _retry(emails, error):
 
 
 def _fail(email_ids, error, attempts=None):
-    "Give up the e-mails and fail their record activities"
+    "Give up the emails and fail their record activities"
     pool = Pool()
     RecordActivity = pool.get('marketing.automation.record.activity')
     table = _table()
@@ -265,7 +265,7 @@ def _fail(email_ids, error, attempts=None):
 
 
 def get_delivery(record_activities, names):
-    "Return the delivery fields of the e-mail of each record activity"
+    "Return the delivery fields of the email of each record activity"
     table = _table()
     cursor = Transaction().connection.cursor()
     values = {n: {ra.id: None for ra in record_activities} for n in names}

@@ -1,6 +1,6 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
-"Compose the e-mails of an activity and track their links and opens"
+"Compose the emails of an activity and track their links and opens"
 import hashlib
 import json
 import re
@@ -70,7 +70,7 @@ def unsubscribe_url(record_uuid, key=None):
 
 
 def link_key(url):
-    "Return the key of url in the links of an e-mail"
+    "Return the key of url in the links of an email"
     return hashlib.sha256(url.encode('utf-8')).hexdigest()[:16]
 
 
@@ -179,7 +179,7 @@ def _parties(record_activities):
 
 
 def _addresses(party_ids):
-    "Return the first active e-mail address of each party"
+    "Return the first active email address of each party"
     pool = Pool()
     ContactMechanism = pool.get('party.contact_mechanism')
     mechanism = ContactMechanism.__table__()
@@ -224,7 +224,7 @@ def _languages(party_ids):
 
 
 def compose(activity, record_activities):
-    """Render the e-mail of activity for each record activity and store them
+    """Render the email of activity for each record activity and store them
     in the outbox
 
     Return the error of each record activity that could not be composed."""
@@ -326,7 +326,7 @@ def _domain(address):
 
 
 def _store(Email, rows):
-    "Insert the composed e-mails in the outbox"
+    "Insert the composed emails in the outbox"
     email = Email.__table__()
     cursor = Transaction().connection.cursor()
     columns = [
@@ -351,7 +351,7 @@ Tracked = namedtuple('Tracked', [
 
 
 def lookup(token):
-    "Return what the routes need to know of the e-mail of token, or None"
+    "Return what the routes need to know of the email of token, or None"
     cursor = Transaction().connection.cursor()
     query, params, index = _lookup_query()
     params = list(params)

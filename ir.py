@@ -2,8 +2,8 @@
 # this repository contains the full copyright notices and license terms.
 
 from trytond.model import Index, fields
-from trytond.pool import PoolMeta
-from trytond.pyson import Eval
+from trytond.pool import Pool, PoolMeta
+from trytond.pyson import Bool, Eval
 
 from . import delivery, email_
 
@@ -22,8 +22,32 @@ class Cron(metaclass=PoolMeta):
                 ])
 
 
+class ActionKeyword(metaclass=PoolMeta):
+    __name__ = 'ir.action.keyword'
+
+    @classmethod
+    def get_keyword(cls, keyword, value):
+        pool = Pool()
+        ModelData = pool.get('ir.model.data')
+        keywords = super().get_keyword(keyword, value)
+        model, _ = value
+        if keyword == 'form_relate' and model in _RELATED_EMAILS:
+            # The archives by resource are always empty for these models,
+            # which have their own relate action to their emails
+            archives = ModelData.get_id('ir', 'act_email_form_relate')
+            keywords = [k for k in keywords if k['id'] != archives]
+        return keywords
+
+
+_RELATED_EMAILS = {
+    'marketing.automation.scenario',
+    'marketing.automation.activity',
+    'marketing.automation.record',
+    }
+
+
 class Email(metaclass=PoolMeta):
-    "The archive of sent e-mails is also the outbox of the scenarios"
+    "The archive of sent emails is also the outbox of the scenarios"
     __name__ = 'ir.email'
 
     marketing_automation_activity = fields.Many2One(
@@ -57,10 +81,21 @@ class Email(metaclass=PoolMeta):
         "Marketing Sent At", readonly=True)
     marketing_automation_claim = fields.Char(
         "Marketing Claim", readonly=True, strip=False)
+    marketing_automation_text = fields.Function(fields.Text(
+            "Plain Text",
+            states={
+                'invisible': ~Eval('marketing_automation_activity'),
+                }),
+        'get_marketing_automation_text')
 
     @classmethod
     def __setup__(cls):
         super().__setup__()
+        # The HTML of a marketing email reads as one line in a text widget:
+        # its plain text is shown instead
+        cls.body.states = dict(cls.body.states)
+        cls.body.states['invisible'] = Bool(
+            Eval('marketing_automation_activity'))
         t = cls.__table__()
         cls._sql_indexes.update({
                 Index(t, (t.marketing_automation_token, Index.Equality()),
@@ -77,6 +112,18 @@ class Email(metaclass=PoolMeta):
                 Index(t, (t.marketing_automation_claim, Index.Equality()),
                     where=t.marketing_automation_claim != None),  # noqa: E711
                 })
+
+    @classmethod
+    def view_attributes(cls):
+        return super().view_attributes() + [
+            ('/form/separator[@name="body"]', 'states', {
+                    'invisible': Bool(Eval('marketing_automation_activity')),
+                    }),
+            ]
+
+    def get_marketing_automation_text(self, name):
+        if self.marketing_automation_activity and self.body:
+            return email_.html_to_text(self.body)
 
     @classmethod
     def marketing_automation_compose(cls, activity, record_activities):

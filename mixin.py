@@ -8,7 +8,7 @@ from trytond.pool import Pool
 class MarketingAutomationMixin:
     """Offer a model to the scenarios
 
-    marketing_party is the party an e-mail goes to, and
+    marketing_party is the party an email goes to, and
     marketing_access_context is the context in which the templates and
     conditions read the record: the marketing group's rights, never root's.
     """

@@ -37,17 +37,17 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         'on_change_with_activity_action')
     at = fields.DateTime("At")
     email_opened = fields.Boolean(
-        "E-mail Opened",
+        "Email Opened",
         states=_email_states)
     email_clicked = fields.Boolean(
-        "E-mail Clicked",
+        "Email Clicked",
         states=_email_states)
     email_opened_machine = fields.Boolean(
-        "E-mail Opened by Machine", readonly=True,
+        "Email Opened by Machine", readonly=True,
         states=_email_states,
         help="The image was fetched by a privacy proxy, not by a person.")
     email_filtered = fields.Boolean(
-        "E-mail Event Filtered", readonly=True,
+        "Email Filtered", readonly=True,
         states=_email_states,
         help="A scanner, a prefetch or a too early click was ignored.")
     state = fields.Selection([
@@ -67,19 +67,19 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 ('sending', "Sending"),
                 ('sent', "Sent"),
                 ('failed', "Failed"),
-                ], "E-mail Status",
+                ], "Email Status",
             states=_email_states),
         'get_email_delivery')
     email_attempts = fields.Function(fields.Integer(
-            "E-mail Attempts",
+            "Email Attempts",
             states=_email_states),
         'get_email_delivery')
     email_error = fields.Function(fields.Text(
-            "E-mail Error",
+            "Email Error",
             states=_email_states),
         'get_email_delivery')
     email_next_try = fields.Function(fields.DateTime(
-            "E-mail Next Try",
+            "Email Next Try",
             states=_email_states),
         'get_email_delivery')
     del _email_states
@@ -174,7 +174,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
 
     @classmethod
     def process(cls):
-        "Execute the due record activities, then deliver their e-mails"
+        "Execute the due record activities, then deliver their emails"
         pool = Pool()
         Email = pool.get('ir.email')
         transaction = Transaction()
@@ -201,7 +201,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
 
     @classmethod
     def deliver(cls):
-        "Send the e-mails waiting in the outbox"
+        "Send the emails waiting in the outbox"
         pool = Pool()
         Email = pool.get('ir.email')
         Email.marketing_automation_deliver()
@@ -287,7 +287,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         """Lock the record activities which are still waiting and return them
 
         A concurrent run that executed them already makes this run fail and
-        retry, so no e-mail is composed twice."""
+        retry, so no email is composed twice."""
         table = cls.__table__()
         transaction = Transaction()
         cursor = transaction.connection.cursor()
@@ -407,7 +407,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
     @classmethod
     def fail_delivery(cls, pairs, error):
         """Fail the record activities of the (activity, record) pairs whose
-        e-mail could not be delivered, and cancel what follows them"""
+        email could not be delivered, and cancel what follows them"""
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
         table = cls.__table__()
@@ -436,7 +436,7 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
     @classmethod
     @ModelView.button
     def on_email_opened(cls, record_activities, at=None):
-        "Record that the e-mail was opened and move the tree on"
+        "Record that the email was opened and move the tree on"
         cls.record_events(cls._targets(record_activities), opened=True, at=at)
 
     @classmethod

@@ -1,12 +1,11 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
-"""The links of the e-mails: open image, click redirect and unsubscribe
+"""The links of the emails: open image, click redirect and unsubscribe
 
 A URL carries only the database name and unguessable tokens. Bad input is
 answered with 4xx and changes nothing."""
 import base64
 import datetime as dt
-import html
 import logging
 import re
 from functools import wraps
@@ -15,12 +14,13 @@ from werkzeug.exceptions import HTTPException
 
 import trytond.config as config
 from trytond.i18n import gettext
+from trytond.pool import Pool
 from trytond.protocols.wrappers import (
     HTTPStatus, Response, abort, redirect, with_pool, with_transaction)
 from trytond.transaction import Transaction
 from trytond.wsgi import app
 
-from . import email_, scanner
+from . import email_, pages, scanner
 from .marketing_automation import current_time
 from .record_activity import Target
 
@@ -48,32 +48,36 @@ def public(func):
     return func
 
 
-def pixel(status=HTTPStatus.OK):
+def pixel(request=None, status=HTTPStatus.OK):
     return Response(PIXEL, status, content_type='image/gif', headers={
             'Cache-Control': 'no-store, max-age=0',
             })
 
 
-def tracking(on_bad=None):
+def not_found(request, status=HTTPStatus.NOT_FOUND):
+    "Answer a small page in the visitor's language"
+    language = pages.visitor_language(request)
+    return pages.response(
+        pages.page(language, pages.translate(language, 'msg_link_unknown')),
+        status)
+
+
+def tracking(on_bad=not_found):
     """Check the shape of the URL before any database work, and never let
     bad input become a server error"""
     def decorator(func):
         @wraps(func)
         def wrapper(request, database_name, *args, **kwargs):
-            def bad():
-                if on_bad:
-                    return on_bad(HTTPStatus.NOT_FOUND)
-                abort(HTTPStatus.NOT_FOUND)
             if not DATABASE.match(database_name):
-                return bad()
+                return on_bad(request, HTTPStatus.NOT_FOUND)
             for value in list(args) + list(kwargs.values()):
                 if not (TOKEN.match(value) or KEY.match(value)):
-                    return bad()
+                    return on_bad(request, HTTPStatus.NOT_FOUND)
             try:
                 return func(request, database_name, *args, **kwargs)
             except HTTPException as exception:
-                if on_bad and 400 <= (exception.code or 0) < 500:
-                    return on_bad(exception.code)
+                if 400 <= (exception.code or 0) < 500:
+                    return on_bad(request, exception.code)
                 raise
         return wrapper
     return decorator
@@ -94,7 +98,7 @@ def email_open(request, pool, token):
     RecordActivity = pool.get('marketing.automation.record.activity')
     tracked = email_.lookup(token)
     if tracked is None:
-        return pixel(HTTPStatus.NOT_FOUND)
+        return pixel(status=HTTPStatus.NOT_FOUND)
     if tracked.state == 'done':
         # A repeat changes nothing so it does not write
         who = scanner.classify(request)
@@ -188,27 +192,18 @@ def _language(record):
 
 
 def _page(record, confirm):
-    scenario = record.scenario.rec_name
-    title = html.escape(gettext('marketing_automation.msg_unsubscribe_title'))
+    pool = Pool()
+    Scenario = pool.get('marketing.automation.scenario')
+    language = Transaction().language
+    # Read again in the party's language
+    scenario = Scenario(record.scenario.id).rec_name
     if confirm:
         text = gettext(
             'marketing_automation.msg_unsubscribe_confirm', scenario=scenario)
         button = gettext('marketing_automation.msg_unsubscribe_button')
-        content = (
-            '<p>%s</p><form method="post">'
-            '<button type="submit" name="unsubscribe" value="1">%s</button>'
-            '</form>') % (html.escape(text), html.escape(button))
     else:
         text = gettext(
             'marketing_automation.msg_unsubscribed', scenario=scenario)
-        content = '<p>%s</p>' % html.escape(text)
-    language = html.escape(Transaction().language or 'en')
-    page = (
-        '<!DOCTYPE html><html lang="%s"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width">'
-        '<meta name="robots" content="noindex">'
-        '<title>%s</title></head><body>%s</body></html>') % (
-        language, title, content)
-    return Response(page, HTTPStatus.OK, content_type='text/html', headers={
-            'Cache-Control': 'no-store',
-            })
+        button = None
+    title = gettext('marketing_automation.msg_unsubscribe_title')
+    return pages.response(pages.page(language, text, title, button))

@@ -1,6 +1,6 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
-"""The sandbox of what a marketer writes: e-mail titles, e-mail templates
+"""The sandbox of what a marketer writes: email titles, email templates
 and conditions
 
 A marketer is not an administrator. What they write sees only values made
@@ -441,13 +441,13 @@ def template_context(record, helpers):
 
 
 def render_title(text, context):
-    "Return the e-mail title rendered on one line"
+    "Return the email title rendered on one line"
     return ' '.join(
         email_title(text).generate(**context).render(encoding=None).split())
 
 
 def render_email(text, context, filter_=None):
-    "Return the e-mail HTML rendered, passed through filter_"
+    "Return the email HTML rendered, passed through filter_"
     stream = email_template(text).generate(**context)
     if filter_ is not None:
         stream = stream.filter(filter_)

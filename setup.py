@@ -54,10 +54,10 @@ tests_require = [
 
 setup(name='%s_%s' % (PREFIX, MODULE),
     version=version,
-    description="Automate marketing campaigns by e-mail in Tryton",
+    description="Automate marketing campaigns by email in Tryton",
     long_description=read('README.rst'),
     author='marketing_automation contributors',
-    license='GPL-3',
+    license='GPL-3.0-or-later',
     package_dir={'trytond.modules.%s' % MODULE: '.'},
     packages=(
         ['trytond.modules.%s' % MODULE]
@@ -72,7 +72,6 @@ setup(name='%s_%s' % (PREFIX, MODULE),
     classifiers=[
         'Environment :: Plugins',
         'Framework :: Tryton',
-        'License :: OSI Approved :: GNU General Public License v3 (GPLv3)',
         'Programming Language :: Python :: 3',
         'Topic :: Office/Business',
         ],

@@ -5,7 +5,8 @@
 
 It creates a fresh SQLite database under .demo/ with the module activated,
 some parties and a running scenario, installs the sao web client once, and
-runs trytond, trytond-cron and a local SMTP server until Ctrl-C.
+runs trytond with its crons (demo/serve.py) and a local SMTP server until
+Ctrl-C.
 
 Run it from the repository root with the Python of the virtual environment
 in which the module is installed: .venv/bin/python demo/run.py
@@ -63,8 +64,10 @@ automation_click_delay = 5
 timeout = 3600
 
 [cache]
-# trytond and trytond-cron share the SQLite database: see every change
-clean_timeout = 0
+# The server and its crons run in one process (demo/serve.py) and share
+# their memory caches: polling the cache table would make the SQLite
+# transactions commit each statement
+clean_timeout = 315360000
 '''
 
 
@@ -244,7 +247,7 @@ def environ():
 
 
 def clear_mails():
-    "Remove the e-mails of the previous database: their links are dead"
+    "Remove the emails of the previous database: their links are dead"
     for name in os.listdir(MAIL_DIR):
         if name.endswith('.eml'):
             os.remove(os.path.join(MAIL_DIR, name))
@@ -321,7 +324,7 @@ def banner():
         "Web client: %s" % url,
         "Login:      admin / admin   (database: %s)" % DATABASE,
         "Menu:       Marketing > Automation > Scenarios",
-        "E-mails:    printed below and saved in %s" % MAIL_DIR,
+        "Emails:    printed below and saved in %s" % MAIL_DIR,
         "SMTP:       %s:%s" % (HOST, SMTP_PORT),
         "Config:     %s" % CONFIG,
         "",
@@ -360,10 +363,8 @@ def main():
         wait_port(SMTP_PORT, smtp, 'SMTP server')
         create_database()
         trytond = children.start('trytond', [
-                executable('trytond'), '-c', CONFIG, '--logconf', LOGCONF])
-        children.start('trytond-cron', [
-                executable('trytond-cron'), '-c', CONFIG, '-d', DATABASE,
-                '-n', '1', '--logconf', LOGCONF])
+                sys.executable, os.path.join(HERE, 'serve.py'),
+                '-c', CONFIG, '-d', DATABASE, '--logconf', LOGCONF])
         wait_port(HTTP_PORT, trytond, 'trytond')
         banner()
         while True:

@@ -5,7 +5,7 @@
 
 The database must exist with marketing_automation activated. The script
 then triggers the scenario and processes the record activities once, so the
-first e-mails are sent at once to the SMTP server of the configuration.
+first emails are sent at once to the SMTP server of the configuration.
 """
 import argparse
 import datetime as dt
@@ -38,7 +38,7 @@ Here are two places to start:</p>
 <li><a href="https://www.tryton.org/">The Tryton website</a></li>
 <li><a href="https://docs.tryton.org/">The Tryton documentation</a></li>
 </ul>
-<p>Open this e-mail (load its images) to receive "Thanks for reading".
+<p>Open this email (load its images) to receive "Thanks for reading".
 Click no link within a minute to receive a reminder.</p>
 <p><a href="unsubscribe">Unsubscribe</a></p>'''),
     'fr': ("Bienvenue", "Bienvenue ${record.name}", HTML % '''\
@@ -58,7 +58,7 @@ THANKS = {
         "Thanks for reading", "Thanks for reading, ${record.name}",
         HTML % '''\
 <p>Hello ${record.name},</p>
-<p>Thank you for reading our welcome e-mail.
+<p>Thank you for reading our welcome email.
 Click the link below to receive a follow-up.</p>
 <p><a href="https://discuss.tryton.org/">Join the Tryton forum</a></p>
 <p><a href="unsubscribe|https://www.tryton.org/">Unsubscribe</a></p>'''),
@@ -221,7 +221,7 @@ def main(argv=None):
     setup_crons()
     RecordActivity = Model.get('marketing.automation.record.activity')
     done = RecordActivity.find([('state', '=', 'done')])
-    print("Scenario triggered: %s e-mail(s) sent" % len(done), flush=True)
+    print("Scenario triggered: %s email(s) sent" % len(done), flush=True)
 
 
 if __name__ == '__main__':

@@ -3,7 +3,7 @@
 # this repository contains the full copyright notices and license terms.
 """A local SMTP server for the demo.
 
-It accepts every e-mail, saves it as an .eml file and prints its subject,
+It accepts every email, saves it as an .eml file and prints its subject,
 its recipients and the links found in its HTML part: the tracked links
 (every <a href>) and the open-tracking image (every <img src>), so that they
 can be followed in a browser or with curl.
@@ -82,7 +82,7 @@ class Handler:
             self.save(envelope)
         except Exception as exception:
             print(
-                '[smtp] could not handle an e-mail: %r' % exception,
+                '[smtp] could not handle an email: %r' % exception,
                 file=sys.stderr, flush=True)
         return '250 Message accepted for delivery'
 
@@ -97,7 +97,7 @@ class Handler:
 
         lines = [
             '',
-            '[smtp] New e-mail: %s' % message['Subject'],
+            '[smtp] New email: %s' % message['Subject'],
             '[smtp]   From: %s' % message['From'],
             '[smtp]   To:   %s' % (
                 message['To'] or ', '.join(envelope.rcpt_tos)),
@@ -121,7 +121,7 @@ def main(argv=None):
     parser.add_argument('--port', type=int, default=8025)
     parser.add_argument(
         '--directory', default='mail',
-        help="where to save the received e-mails")
+        help="where to save the received emails")
     options = parser.parse_args(argv)
 
     os.makedirs(options.directory, exist_ok=True)
@@ -129,7 +129,7 @@ def main(argv=None):
         Handler(options.directory),
         hostname=options.host, port=options.port)
     controller.start()
-    print('[smtp] Listening on %s:%s, saving e-mails in %s' % (
+    print('[smtp] Listening on %s:%s, saving emails in %s' % (
             options.host, options.port, options.directory), flush=True)
 
     stop = threading.Event()

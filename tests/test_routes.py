@@ -3,12 +3,12 @@
 """Hostile input on the routes and event storms on a running server
 
 The fuzz fires generated requests at trytond's real WSGI application, on a
-database where e-mails were really sent, so valid tokens exist. It checks
+database where emails were really sent, so valid tokens exist. It checks
 that no request is answered 5xx and that no request changes the state of
 the records.
 
 The storm starts a real trytond server on the loopback and fires opens and
-clicks of the same e-mail at once from threads."""
+clicks of the same email at once from threads."""
 import datetime as dt
 import hashlib
 import http.client
@@ -328,7 +328,7 @@ class RoutesFuzzTestCase(unittest.TestCase):
 
     @classmethod
     def send(cls):
-        """Send the e-mail of a scenario to five parties and return their
+        """Send the email of a scenario to five parties and return their
         messages by party code"""
         with Transaction().start(DB_NAME, 0) as transaction:
             pool = Pool()
@@ -416,7 +416,7 @@ class RoutesFuzzTestCase(unittest.TestCase):
                         ])}
 
     def test_valid_requests(self):
-        "The valid requests of an e-mail do their work, once"
+        "The valid requests of an email do their work, once"
         urls = self.urls('E')
         before = self.record_activities('E')
         self.assertFalse(before['Welcome']['opened'])
@@ -555,7 +555,7 @@ class RoutesFuzzTestCase(unittest.TestCase):
         self.assertEqual(attempts(), before)
 
     def saturate(self, code, block):
-        """Make every event of the e-mail of code happen, so a repeat must
+        """Make every event of the email of code happen, so a repeat must
         change nothing"""
         urls = self.urls(code)
         for kwargs in [
@@ -747,7 +747,7 @@ class RoutesFuzzTestCase(unittest.TestCase):
 # The event storm ------------------------------------------------------------
 
 STORM_SETUP = r'''
-"Set up the storm database with proteus and print the URLs of the e-mail"
+"Set up the storm database with proteus and print the URLs of the email"
 import datetime as dt
 import email
 import email.policy
@@ -831,7 +831,7 @@ def executable(name):
 
 
 class StormTestCase(unittest.TestCase):
-    "A storm of opens and clicks on the same e-mail, on a running server"
+    "A storm of opens and clicks on the same email, on a running server"
 
     def setUp(self):
         super().setUp()

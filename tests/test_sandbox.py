@@ -4,7 +4,7 @@
 
 Each payload is either refused when the activity is saved, or rendered and
 sent through a real SMTP server, with no leak and no side effect: the test
-checks the e-mails, the database and the file system."""
+checks the emails, the database and the file system."""
 import contextlib
 import email
 import email.policy
@@ -409,7 +409,7 @@ class SandboxTestCase(unittest.TestCase):
                         scenario.id)]), 2)
 
     def test_stored_link_with_control_characters(self):
-        """A link of an e-mail already sent whose target splits a header
+        """A link of an email already sent whose target splits a header
         answers 4xx, and its unsubscribe still works"""
         @with_transaction()
         def send():
@@ -523,7 +523,7 @@ class LeastPrivilegeTestCase(unittest.TestCase):
 
     @with_transaction()
     def test_marketing_emails_readable_by_marketing_only(self):
-        "Only the marketing group and the administrator read the e-mails"
+        "Only the marketing group and the administrator read the emails"
         pool = Pool()
         Email = pool.get('ir.email')
         Party = pool.get('party.party')
