@@ -1,31 +1,22 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
 import datetime as dt
-from collections import defaultdict, namedtuple
-
-from sql.aggregate import Count, Sum
-from sql.conditionals import Case
+from collections import namedtuple
 
 from trytond.cache import Cache
 from trytond.i18n import gettext
 from trytond.model import Index, ModelSQL, ModelView, fields
-from trytond.pool import Pool
 from trytond.pyson import Bool, Eval
-from trytond.tools import reduce_ids
-from trytond.transaction import Transaction
 
-from . import sandbox
+from . import email_, sandbox
 from .exceptions import ConditionError, DelayError, EventError, TemplateError
-from .marketing_automation import sliced
+from .statistics import ActivityStatistics
 
 ChildEvent = namedtuple('ChildEvent', ['id', 'event', 'negative', 'delay'])
 
 
-class Activity(ModelSQL, ModelView):
+class Activity(ActivityStatistics, ModelSQL, ModelView):
     __name__ = 'marketing.automation.activity'
-    _email_states = {
-        'invisible': Eval('action') != 'send_email',
-        }
     # The routes move the tree on without reading it
     _children_cache = Cache(
         'marketing_automation.activity.children', context=False)
@@ -100,48 +91,6 @@ class Activity(ModelSQL, ModelView):
             },
         help="A Genshi HTML template with 'record' in its context.\n"
         "Use href=\"unsubscribe\" for the unsubscribe link.")
-
-    record_count = fields.Function(
-        fields.Integer("Records"), 'get_statistics')
-    email_opened = fields.Function(
-        fields.Integer(
-            "Emails Opened",
-            states=_email_states),
-        'get_statistics')
-    email_opened_machine = fields.Function(
-        fields.Integer(
-            "Emails Opened by Machine",
-            states=_email_states,
-            help="Opens by privacy proxies: they move no branch."),
-        'get_statistics')
-    email_clicked = fields.Function(
-        fields.Integer(
-            "Emails Clicked",
-            states=_email_states),
-        'get_statistics')
-    email_filtered = fields.Function(
-        fields.Integer(
-            "Emails Filtered",
-            states=_email_states,
-            help="Emails on which an open or a click was ignored as a "
-            "scanner's, a prefetch's or too early: they move no branch."),
-        'get_statistics')
-    email_open_rate = fields.Function(
-        fields.Float(
-            "Email Open Rate", digits=(1, 2),
-            states=_email_states),
-        'get_statistics')
-    email_click_rate = fields.Function(
-        fields.Float(
-            "Email Click Rate", digits=(1, 2),
-            states=_email_states),
-        'get_statistics')
-    email_click_through_rate = fields.Function(
-        fields.Float(
-            "Email Click-Through Rate", digits=(1, 2),
-            states=_email_states),
-        'get_statistics')
-    del _email_states
 
     @classmethod
     def __setup__(cls):
@@ -221,51 +170,6 @@ class Activity(ModelSQL, ModelView):
     @fields.depends('event', 'negative')
     def on_change_with_on(self, name=None):
         return self.get_on(name)
-
-    @classmethod
-    def get_statistics(cls, activities, names):
-        pool = Pool()
-        RecordActivity = pool.get('marketing.automation.record.activity')
-        record_activity = RecordActivity.__table__()
-        cursor = Transaction().connection.cursor()
-
-        values = {n: defaultdict(lambda: None) for n in names}
-        for sub_ids in sliced(activities):
-            sub_ids = list(map(int, sub_ids))
-            cursor.execute(*record_activity.select(
-                    record_activity.activity,
-                    Count(),
-                    Sum(Case((record_activity.email_opened, 1), else_=0)),
-                    Sum(Case((record_activity.email_clicked, 1), else_=0)),
-                    Sum(Case(
-                            (record_activity.email_opened_machine, 1),
-                            else_=0)),
-                    Sum(Case(
-                            (record_activity.email_filtered, 1), else_=0)),
-                    where=reduce_ids(record_activity.activity, sub_ids)
-                    & (record_activity.state == 'done'),
-                    group_by=record_activity.activity))
-            counts = {a: (d, o or 0, c or 0, m or 0, f or 0)
-                for a, d, o, c, m, f in cursor}
-            for activity_id in sub_ids:
-                done, opened, clicked, machine, filtered = counts.get(
-                    activity_id, (0, 0, 0, 0, 0))
-                row = {
-                    'record_count': done,
-                    'email_opened': opened,
-                    'email_opened_machine': machine,
-                    'email_clicked': clicked,
-                    'email_filtered': filtered,
-                    'email_open_rate': (
-                        round(opened / done, 2) if done else 0.),
-                    'email_click_rate': (
-                        round(clicked / done, 2) if done else 0.),
-                    'email_click_through_rate': (
-                        round(clicked / opened, 2) if opened else 0.),
-                    }
-                for name in names:
-                    values[name][activity_id] = row[name]
-        return values
 
     @classmethod
     def validate_fields(cls, activities, field_names):
@@ -348,23 +252,33 @@ class Activity(ModelSQL, ModelView):
                         message, activity=activity.rec_name,
                         exception=e)) from e
 
-    def is_due(self, record_activity):
-        "Tell whether the condition holds for the record"
+    def filter_due(self, record_activities):
+        """Return those of record_activities for which the condition holds,
+        and the error of each one for which it could not be evaluated"""
         if not self.condition:
-            return True
-        return sandbox.condition_holds(
-            self.condition, record_activity.record.record)
+            return list(record_activities), {}
+        due, errors = [], {}
+        for record_activity in record_activities:
+            try:
+                if sandbox.condition_holds(
+                        self.condition, record_activity.record.record):
+                    due.append(record_activity)
+            except Exception as exception:
+                errors[record_activity] = gettext(
+                    'marketing_automation.msg_condition_failed',
+                    activity=self.rec_name, exception=exception)
+        return due, errors
 
-    @classmethod
-    def execute(cls, activity, record_activities, **kwargs):
-        "Run the action of activity on the record activities"
-        if activity.action:
-            return getattr(cls, 'execute_' + activity.action)(
-                activity, record_activities, **kwargs)
+    def email_context(self, lang):
+        """Return what the templates see besides the record, in lang
 
-    @classmethod
-    def execute_send_email(cls, activity, record_activities, **kwargs):
-        pool = Pool()
-        Email = pool.get('ir.email')
-        return Email.marketing_automation_compose(
-            activity, record_activities)
+        A module may add values made for templates: plain values and plain
+        functions of them."""
+        return sandbox.helpers(lang)
+
+    def execute_send_email(self, record_activities):
+        """Send the email of the activity to the records
+
+        Return the error of each record activity whose email could not be
+        composed."""
+        return email_.compose(self, record_activities)

@@ -7,7 +7,7 @@ import re
 from collections import defaultdict, namedtuple
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate, make_msgid, parseaddr
 from functools import lru_cache
 from urllib.parse import quote
 
@@ -19,13 +19,12 @@ from sql import Literal
 import trytond.config as config
 from trytond.i18n import gettext
 from trytond.pool import Pool
-from trytond.tools import reduce_ids
 from trytond.tools.email_ import format_address, set_from_header
 from trytond.transaction import Transaction
 
 from . import sandbox
 from .exceptions import AutomationBaseError
-from .marketing_automation import current_time, new_token, sliced, sliced_rows
+from .marketing_automation import new_token
 
 UNSUBSCRIBE = 'unsubscribe'
 # Folding would encode a long List-Unsubscribe URL and break it
@@ -167,42 +166,37 @@ def _parties(record_activities):
         Model = pool.get(model)
         for resource in Model.browse(sorted(ids)):
             resources[(model, resource.id)] = resource
+    Party = pool.get('party.party')
+    ContactMechanism = pool.get('party.contact_mechanism')
+    party_ids = sorted({r.marketing_party.id for r in resources.values()
+            if r.marketing_party})
+    # Party.contact_mechanisms is read one party at a time
+    mechanisms = defaultdict(list)
+    for mechanism in ContactMechanism.search([
+                ('party', 'in', party_ids),
+                ]):
+        mechanisms[mechanism.party.id].append(mechanism)
+    parties = {}
+    for party in Party.browse(party_ids):
+        party.contact_mechanisms = mechanisms[party.id]
+        parties[party.id] = party
     result = {}
     for record_activity in record_activities:
         reference = record_activity.record.record
-        resource = None
+        resource = party = None
         if reference is not None:
             resource = resources.get((reference.__name__, reference.id))
-        result[record_activity] = (
-            resource, resource.marketing_party if resource else None)
+        if resource is not None and resource.marketing_party:
+            party = parties[resource.marketing_party.id]
+        result[record_activity] = (resource, party)
     return result
 
 
-def _addresses(party_ids):
-    "Return the first active email address of each party"
-    pool = Pool()
-    ContactMechanism = pool.get('party.contact_mechanism')
-    mechanism = ContactMechanism.__table__()
-    cursor = Transaction().connection.cursor()
-    addresses = {}
-    for sub_ids in sliced(sorted(party_ids)):
-        # The ORM would read the contact mechanisms of each party
-        cursor.execute(*mechanism.select(
-                mechanism.party, mechanism.value,
-                where=reduce_ids(mechanism.party, sub_ids)
-                & (mechanism.type == 'email')
-                & (mechanism.active == True),  # noqa: E712
-                order_by=[
-                    mechanism.party, mechanism.sequence.asc.nulls_first,
-                    mechanism.id]))
-        for party_id, value in cursor:
-            if value:
-                addresses.setdefault(party_id, value)
-    return addresses
+def languages(party_ids):
+    """Return the language code of each party: its language, or the
+    database's
 
-
-def _languages(party_ids):
-    "Return the language code of each party"
+    The one rule for the emails and for the pages of their links."""
     pool = Pool()
     PartyLang = pool.get('party.party.lang')
     Lang = pool.get('ir.lang')
@@ -224,8 +218,8 @@ def _languages(party_ids):
 
 
 def compose(activity, record_activities):
-    """Render the email of activity for each record activity and store them
-    in the outbox
+    """Render the email of activity for each record activity and put them in
+    the outbox
 
     Return the error of each record activity that could not be composed."""
     pool = Pool()
@@ -237,26 +231,9 @@ def compose(activity, record_activities):
     automation_base()
 
     configured_sender = _configured_sender()
-    errors = {}
     parties = _parties(record_activities)
-    party_ids = {p.id for _, p in parties.values() if p is not None}
-    addresses = _addresses(party_ids)
-    languages = _languages(party_ids)
-    by_language = defaultdict(list)
-    for record_activity in record_activities:
-        resource, party = parties[record_activity]
-        if party is None:
-            errors[record_activity] = gettext(
-                'marketing_automation.msg_no_party',
-                record=record_activity.record.rec_name)
-        elif party.id not in addresses:
-            errors[record_activity] = gettext(
-                'marketing_automation.msg_no_email',
-                party=party.rec_name)
-        else:
-            by_language[languages[party.id]].append(record_activity)
+    by_language, errors = _by_language(record_activities, parties)
 
-    now = current_time()
     rows = []
     for language, language_activities in by_language.items():
         with transaction.set_context(language=language):
@@ -264,7 +241,7 @@ def compose(activity, record_activities):
             title = translated.email_title or ''
             template = translated.email_template or ''
             sender = translated.email_from or configured_sender
-            helpers = sandbox.helpers(Lang.get(language))
+            helpers = translated.email_context(Lang.get(language))
         try:
             # A template saved before a rule tightened fails only its own
             sandbox.email_title(title)
@@ -277,31 +254,68 @@ def compose(activity, record_activities):
             continue
         for record_activity in language_activities:
             resource, party = parties[record_activity]
-            token = new_token()
-            links = {}
             try:
-                context = sandbox.template_context(resource, helpers)
-                subject = sandbox.render_title(title, context)
-                body = sandbox.render_email(template, context, track(
-                        token, record_activity.record.uuid, links))
-                message = _message(
-                    configured_sender, sender,
-                    format_address(addresses[party.id],
-                        party.rec_name),
-                    subject, body, unsubscribe_url(
-                        record_activity.record.uuid))
+                rows.append(_render(
+                        record_activity, resource, party, title, template,
+                        helpers, configured_sender, sender))
             except Exception as exception:
                 errors[record_activity] = gettext(
                     'marketing_automation.msg_render_failed',
                     activity=activity.rec_name, exception=exception)
-                continue
-            rows.append([
-                    transaction.user, now, message['To'], subject, body,
-                    message['Message-ID'], str(resource), activity.id,
-                    record_activity.record.id, token, json.dumps(links),
-                    message.as_string(policy=SMTP_LONG_LINES), 'pending', 0])
-    _store(Email, rows)
+    Email.marketing_automation_store(rows)
     return errors
+
+
+def _by_language(record_activities, parties):
+    """Return the record activities that have a recipient by language, and
+    the error of those that have none"""
+    party_languages = languages(
+        {p.id for _, p in parties.values() if p is not None})
+    by_language, errors = defaultdict(list), {}
+    for record_activity in record_activities:
+        _, party = parties[record_activity]
+        if party is None:
+            errors[record_activity] = gettext(
+                'marketing_automation.msg_no_party',
+                record=record_activity.record.rec_name)
+        elif not party.contact_mechanism_get('email'):
+            errors[record_activity] = gettext(
+                'marketing_automation.msg_no_email',
+                party=party.rec_name)
+        else:
+            by_language[party_languages[party.id]].append(record_activity)
+    return by_language, errors
+
+
+def _render(record_activity, resource, party, title, template, helpers,
+        configured_sender, sender):
+    "Return the outbox row of the email of record_activity"
+    token = new_token()
+    links = {}
+    record = record_activity.record
+    context = sandbox.template_context(resource, helpers)
+    subject = sandbox.render_title(title, context)
+    body = sandbox.render_email(
+        template, context, track(token, record.uuid, links))
+    mechanism = party.contact_mechanism_get('email')
+    message = _message(
+        configured_sender, sender,
+        format_address(mechanism.value, mechanism.name or party.rec_name),
+        subject, body, unsubscribe_url(record.uuid))
+    return {
+        'recipients': message['To'],
+        'subject': subject,
+        'body': body,
+        'message_id': message['Message-ID'],
+        'resource': str(resource),
+        'marketing_automation_activity': record_activity.activity.id,
+        'marketing_automation_record': record.id,
+        'marketing_automation_record_activity': record_activity.id,
+        'marketing_automation_token': token,
+        'marketing_automation_links': json.dumps(links),
+        'marketing_automation_message': message.as_string(
+            policy=SMTP_LONG_LINES),
+        }
 
 
 def _message(configured_sender, sender, to, subject, body, unsubscribe):
@@ -321,28 +335,9 @@ def _message(configured_sender, sender, to, subject, body, unsubscribe):
 
 def _domain(address):
     "Return the domain of address for the Message-ID"
-    _, _, domain = (address or '').rpartition('@')
-    return domain.strip('> ') or 'localhost'
-
-
-def _store(Email, rows):
-    "Insert the composed emails in the outbox"
-    email = Email.__table__()
-    cursor = Transaction().connection.cursor()
-    columns = [
-        email.create_uid, email.create_date, email.recipients,
-        email.subject, email.body, email.message_id, email.resource,
-        email.marketing_automation_activity,
-        email.marketing_automation_record,
-        email.marketing_automation_token,
-        email.marketing_automation_links,
-        email.marketing_automation_message,
-        email.marketing_automation_status,
-        email.marketing_automation_attempts,
-        ]
-    # The ORM would insert them one by one on SQLite
-    for sub_rows in sliced_rows(rows, len(columns)):
-        cursor.execute(*email.insert(columns, list(sub_rows)))
+    _, address = parseaddr(address or '')
+    _, _, domain = address.rpartition('@')
+    return domain or 'localhost'
 
 
 Tracked = namedtuple('Tracked', [
@@ -378,10 +373,8 @@ def _lookup_query():
     email = Email.__table__()
     record_activity = RecordActivity.__table__()
     query, params = tuple(email.join(record_activity, condition=(
-                record_activity.activity
-                == email.marketing_automation_activity)
-            & (record_activity.record == email.marketing_automation_record)
-            ).select(
+                record_activity.id
+                == email.marketing_automation_record_activity)).select(
             record_activity.id, record_activity.activity,
             record_activity.record, record_activity.state,
             record_activity.email_opened, record_activity.email_clicked,

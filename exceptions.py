@@ -25,9 +25,5 @@ class DelayError(ValidationError):
     pass
 
 
-class ScenarioError(UserError):
-    pass
-
-
 class AutomationBaseError(UserError):
     pass

@@ -354,15 +354,16 @@ class Record(ModelSQL, ModelView):
 
     @classmethod
     def search_rec_name(cls, name, clause):
-        return [('uuid',) + tuple(clause[1:])]
+        # As get_rec_name: the name of the record of each model
+        _, operator, operand, *extra = clause
+        domain = ['OR']
+        for model in marketing_models():
+            domain.append(('record.rec_name', operator, operand, model))
+        return domain
 
     @classmethod
     def default_blocked(cls):
         return False
-
-    @classmethod
-    def default_uuid(cls):
-        return new_token()
 
     @classmethod
     def get_models(cls):
@@ -389,8 +390,6 @@ class Record(ModelSQL, ModelView):
         and schedule its root activities for them
 
         Return the number of records enrolled."""
-        pool = Pool()
-        RecordActivity = pool.get('marketing.automation.record.activity')
         record = cls.__table__()
         transaction = Transaction()
         cursor = transaction.connection.cursor()
@@ -415,11 +414,9 @@ class Record(ModelSQL, ModelView):
                     where=record.uuid.in_(list(tokens.values()))))
         record_ids = [i for i, in cursor]
 
-        rows = []
-        for activity in scenario.activities:
-            at = now + (activity.delay or dt.timedelta())
-            rows.extend((i, activity.id, at) for i in record_ids)
-        RecordActivity.create_waiting(rows, now)
+        # tree needs this module's helpers
+        from . import tree
+        tree.enrol(record_ids, scenario.activities, now)
         return len(record_ids)
 
     @classmethod

@@ -11,7 +11,11 @@ from functools import lru_cache
 import polib
 from lxml import etree
 
+from trytond.i18n import gettext
+from trytond.pool import Pool
 from trytond.protocols.wrappers import HTTPStatus, Response
+from trytond.report import Report
+from trytond.transaction import Transaction
 
 HERE = os.path.dirname(__file__)
 LOCALE = os.path.join(HERE, 'locale')
@@ -74,25 +78,17 @@ def visitor_language(request):
     return offered.get(best, 'en')
 
 
-def page(language, text, title=None, button=None):
-    "Return the HTML of a page with text, and a form with button if any"
-    title = title or text
-    content = '<p>%s</p>' % html.escape(text)
-    if button:
-        content += (
-            '<form method="post">'
-            '<button type="submit" name="unsubscribe" value="1">%s</button>'
-            '</form>') % html.escape(button)
+def page(language, text):
+    "Return the HTML of a page that says text"
     return (
         '<!DOCTYPE html><html lang="%(lang)s"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
         '<meta name="robots" content="noindex">'
-        '<title>%(title)s</title><style>%(style)s</style></head>'
-        '<body><main><h1>%(title)s</h1>%(content)s</main></body></html>') % {
+        '<title>%(text)s</title><style>%(style)s</style></head>'
+        '<body><main><h1>%(text)s</h1></main></body></html>') % {
         'lang': html.escape((language or 'en').replace('_', '-')),
-        'title': html.escape(title),
+        'text': html.escape(text),
         'style': STYLE,
-        'content': content,
         }
 
 
@@ -100,3 +96,44 @@ def response(content, status=HTTPStatus.OK):
     return Response(content, status, content_type='text/html', headers={
             'Cache-Control': 'no-store',
             })
+
+
+class UnsubscribeReport(Report):
+    """The unsubscribe and confirmation pages of a record
+
+    A report, so a site can change its template."""
+    __name__ = 'marketing.automation.unsubscribe'
+
+    @classmethod
+    def get_context(cls, records, header, data):
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        context = super().get_context(records, header, data)
+        record, = records
+        language = Transaction().language or 'en'
+        # Read again in the party's language
+        scenario = Scenario(record.scenario.id).rec_name
+        if data.get('confirm'):
+            text = gettext(
+                'marketing_automation.msg_unsubscribe_confirm',
+                scenario=scenario)
+            button = gettext('marketing_automation.msg_unsubscribe_button')
+        else:
+            text = gettext(
+                'marketing_automation.msg_unsubscribed', scenario=scenario)
+            button = None
+        context.update({
+                'title': gettext('marketing_automation.msg_unsubscribe_title'),
+                'text': text,
+                'button': button,
+                'style': STYLE,
+                'html_language': language.replace('_', '-'),
+                })
+        return context
+
+
+def unsubscribe_page(record, confirm):
+    "Answer the unsubscribe page of record, in the current language"
+    Page = Pool().get('marketing.automation.unsubscribe', type='report')
+    _, content, _, _ = Page.execute([record.id], {'confirm': confirm})
+    return response(content)

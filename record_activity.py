@@ -1,26 +1,25 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
-import datetime as dt
-from collections import defaultdict, namedtuple
+from collections import defaultdict
 
 from sql import For, Literal, Null
 
 import trytond.config as config
 from trytond import backend
-from trytond.i18n import gettext
 from trytond.model import Index, ModelSQL, ModelView, Unique, Workflow, fields
 from trytond.pool import Pool
 from trytond.pyson import Eval, If
 from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
-from .marketing_automation import batch_size, current_time, sliced, sliced_rows
+from . import tree
+from .events import EmailEvents
+from .marketing_automation import batch_size, current_time, sliced
+from .outbox import EmailDelivery
 
-Target = namedtuple(
-    'Target', ['id', 'activity', 'record', 'opened', 'clicked'])
 
-
-class RecordActivity(Workflow, ModelSQL, ModelView):
+class RecordActivity(
+        EmailEvents, EmailDelivery, Workflow, ModelSQL, ModelView):
     __name__ = 'marketing.automation.record.activity'
     _email_states = {
         'invisible': Eval('activity_action') != 'send_email',
@@ -61,27 +60,6 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         states={
             'invisible': ~Eval('error'),
             })
-    email_status = fields.Function(fields.Selection([
-                (None, ""),
-                ('pending', "Pending"),
-                ('sending', "Sending"),
-                ('sent', "Sent"),
-                ('failed', "Failed"),
-                ], "Email Status",
-            states=_email_states),
-        'get_email_delivery')
-    email_attempts = fields.Function(fields.Integer(
-            "Email Attempts",
-            states=_email_states),
-        'get_email_delivery')
-    email_error = fields.Function(fields.Text(
-            "Email Error",
-            states=_email_states),
-        'get_email_delivery')
-    email_next_try = fields.Function(fields.DateTime(
-            "Email Next Try",
-            states=_email_states),
-        'get_email_delivery')
     del _email_states
 
     @classmethod
@@ -106,40 +84,21 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             ('waiting', 'failed'),
             ('done', 'failed'),
             }
-        cls._buttons.update({
-                'on_email_opened': {
-                    'invisible': ((Eval('state') != 'done')
-                        | Eval('email_opened', True)
-                        | (Eval('activity_action') != 'send_email')),
-                    'depends': ['state', 'email_opened', 'activity_action'],
-                    },
-                'on_email_clicked': {
-                    'invisible': ((Eval('state') != 'done')
-                        | Eval('email_clicked', True)
-                        | (Eval('activity_action') != 'send_email')),
-                    'depends': ['state', 'email_clicked', 'activity_action'],
-                    },
-                })
+
+    @classmethod
+    def __register__(cls, module):
+        super().__register__(module)
+        Pool().get('ir.email').marketing_automation_link_record_activities()
 
     @classmethod
     def default_state(cls):
         return 'waiting'
 
-    @classmethod
-    def default_email_opened(cls):
+    @staticmethod
+    def _default_flag():
         return False
-
-    @classmethod
-    def default_email_clicked(cls):
-        return False
-
-    @classmethod
-    def default_email_opened_machine(cls):
-        return False
-
-    @classmethod
-    def default_email_filtered(cls):
-        return False
+    default_email_opened = default_email_clicked = _default_flag
+    default_email_opened_machine = default_email_filtered = _default_flag
 
     @classmethod
     def get_activity_actions(cls):
@@ -157,12 +116,6 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             self.activity.rec_name, self.record.rec_name)
 
     @classmethod
-    def get_email_delivery(cls, record_activities, names):
-        pool = Pool()
-        Email = pool.get('ir.email')
-        return Email.marketing_automation_delivery(record_activities, names)
-
-    @classmethod
     def view_attributes(cls):
         return super().view_attributes() + [
             ('/tree', 'visual', If(Eval('state') == 'failed', 'danger',
@@ -174,40 +127,30 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
 
     @classmethod
     def process(cls):
-        "Execute the due record activities, then deliver their emails"
+        "Run the due record activities by batches, then send their emails"
         pool = Pool()
         Email = pool.get('ir.email')
         transaction = Transaction()
         has_worker = config.getboolean('queue', 'worker', default=False)
-        for record_activities in cls._due_batches():
+        for record_activities in cls.due():
             if has_worker:
                 with transaction.set_context(
                         queue_batch=len(record_activities)):
-                    cls.__queue__.execute(record_activities)
+                    cls.__queue__.run(record_activities)
             else:
                 try:
-                    cls.execute(record_activities)
+                    cls.run(record_activities)
                 except backend.DatabaseOperationalError:
                     # Another run has taken this batch
                     transaction.rollback()
                     continue
                 # Each batch is kept even if a later one fails
                 transaction.commit()
-        if has_worker:
-            # Also for the retries when nothing new was due
-            Email.marketing_automation_queue_delivery()
-        else:
-            cls.deliver()
+        # Also for the retries when nothing new was due
+        Email.marketing_automation_send()
 
     @classmethod
-    def deliver(cls):
-        "Send the emails waiting in the outbox"
-        pool = Pool()
-        Email = pool.get('ir.email')
-        Email.marketing_automation_deliver()
-
-    @classmethod
-    def _due_batches(cls):
+    def due(cls):
         "Yield by batches the due record activities of running scenarios"
         pool = Pool()
         Record = pool.get('marketing.automation.record')
@@ -239,48 +182,33 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             yield cls.browse(ids)
 
     @classmethod
-    def execute(cls, record_activities):
-        "Run the due record activities, each one isolated from the others"
-        pool = Pool()
-        Activity = pool.get('marketing.automation.activity')
-        Email = pool.get('ir.email')
+    def run(cls, record_activities):
+        """Run the due record activities, each one isolated from the others,
+        and move the tree on"""
         now = current_time()
-
-        record_activities = cls._still_due(cls._lock(record_activities))
+        record_activities = cls._lock(record_activities)
         by_activity = defaultdict(list)
         for record_activity in record_activities:
             by_activity[record_activity.activity].append(record_activity)
 
         done, cancelled, failed = [], [], defaultdict(list)
         for activity, activities in by_activity.items():
-            due = []
-            for record_activity in activities:
-                try:
-                    if activity.is_due(record_activity):
-                        due.append(record_activity)
-                    else:
-                        cancelled.append(record_activity)
-                except Exception as exception:
-                    failed[gettext(
-                            'marketing_automation.msg_condition_failed',
-                            activity=activity.rec_name,
-                            exception=exception)].append(record_activity)
-            errors = Activity.execute(activity, due) or {}
-            for record_activity in due:
-                if record_activity in errors:
-                    failed[errors[record_activity]].append(record_activity)
-                else:
-                    done.append(record_activity)
+            due, errors = activity.filter_due(activities)
+            cancelled.extend(
+                ra for ra in activities if ra not in due and ra not in errors)
+            if due and activity.action:
+                errors.update(getattr(
+                        activity, 'execute_' + activity.action)(due) or {})
+            done.extend(ra for ra in due if ra not in errors)
+            for record_activity, error in errors.items():
+                failed[error].append(record_activity)
 
-        cls._mark(done, 'done', at=now)
-        cls._mark(cancelled, 'cancelled', at=now)
+        cls.do(done, at=now)
+        cls.cancel(cancelled, at=now)
         for error, activities in failed.items():
-            cls._mark(activities, 'failed', at=now, error=error)
-        cls.schedule_children(done, now)
-        cls.cancel_siblings(done)
-        if config.getboolean('queue', 'worker', default=False):
-            # Let a worker send what this batch composed
-            Email.marketing_automation_queue_delivery()
+            cls.fail(activities, error, at=now)
+        tree.schedule_children(done, now)
+        tree.cancel_siblings(done)
 
     @classmethod
     def _lock(cls, record_activities):
@@ -300,234 +228,92 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 query.for_ = For('UPDATE')
             cursor.execute(*query)
             waiting.update(i for i, in cursor)
-        return [ra for ra in record_activities if ra.id in waiting]
-
-    @classmethod
-    def _still_due(cls, record_activities):
-        "Keep those which are still due when a worker runs them"
+        # A worker may run them later: keep those which are still due
         now = current_time()
         return [ra for ra in record_activities
-            if ra.state == 'waiting'
+            if ra.id in waiting
             and ra.at is not None and ra.at <= now
             and not ra.record.blocked
             and ra.record.scenario.state == 'running']
 
-    @classmethod
-    def _mark(cls, record_activities, state, at, error=None):
-        """Change the state of record activities which are still waiting.
-
-        The condition on the state makes concurrent runs harmless."""
-        table = cls.__table__()
-        cursor = Transaction().connection.cursor()
-        transaction = Transaction()
-        for sub_ids in sliced(list(map(int, record_activities))):
-            columns = [table.state, table.at, table.write_uid,
-                table.write_date]
-            values = [state, at, transaction.user, at]
-            if error is not None:
-                columns.append(table.error)
-                values.append(error)
-            cursor.execute(*table.update(columns, values,
-                    where=reduce_ids(table.id, sub_ids)
-                    & (table.state == 'waiting')))
+    # Transitions: each is one UPDATE for the whole list, guarded by the
+    # states it can come from, so concurrent runs are harmless
 
     @classmethod
-    def schedule_children(cls, record_activities, now):
-        """Create the record activities of the children of the activities
-        that just ran"""
-        rows = []
-        for record_activity in record_activities:
-            for child in record_activity.activity.children:
-                if child.event and not child.negative:
-                    # It waits for its event, so it has no date yet
-                    at = None
-                else:
-                    at = now + (child.delay or dt.timedelta())
-                rows.append((record_activity.record.id, child.id, at))
-        cls.create_waiting(rows, now)
+    def do(cls, record_activities, at):
+        "The activity ran for these records"
+        cls._transition(record_activities, 'done', at=at)
 
     @classmethod
-    def create_waiting(cls, rows, now):
-        """Create the waiting record activities of the (record, activity, at)
-        rows
-
-        The ORM would insert them one by one on SQLite."""
-        table = cls.__table__()
-        transaction = Transaction()
-        cursor = transaction.connection.cursor()
-        columns = [table.record, table.activity, table.at, table.state,
-            table.email_opened, table.email_clicked,
-            table.email_opened_machine, table.email_filtered,
-            table.create_uid, table.create_date]
-        values = [[record, activity, at, 'waiting', False, False, False,
-                False, transaction.user, now]
-            for record, activity, at in rows]
-        for sub_values in sliced_rows(values, len(columns)):
-            cursor.execute(*table.insert(columns, list(sub_values)))
+    def cancel(cls, record_activities, at=None):
+        "The activity will not run for these records"
+        cls._transition(record_activities, 'cancelled', at=at)
 
     @classmethod
-    def cancel_siblings(cls, record_activities):
-        """Cancel the positive siblings of the negative activities that ran:
-        their event did not happen in time"""
+    def fail(cls, record_activities, error, at=None):
+        """The activity could not run, or its email could not be delivered:
+        what follows it will not run either"""
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
-        negatives = [ra for ra in record_activities if ra.activity.negative]
-        if not negatives:
-            return
-        by_event = defaultdict(list)
-        for record_activity in negatives:
-            activity = record_activity.activity
-            by_event[(str(activity.parent), activity.event)].append(
+        cls._transition(record_activities, 'failed', at=at, error=error)
+        by_activity = defaultdict(list)
+        for record_activity in record_activities:
+            by_activity[record_activity.activity.id].append(
                 record_activity.record.id)
-        for (parent, event), record_ids in by_event.items():
-            siblings = Activity.search([
-                    ('parent', '=', parent),
-                    ('event', '=', event),
-                    ('negative', '=', False),
-                    ])
-            if siblings:
-                cls._cancel(record_ids, siblings)
+        for activity_id, record_ids in by_activity.items():
+            children = Activity(activity_id).children
+            if children:
+                cls.cancel_waiting(record_ids, children)
 
     @classmethod
-    def _cancel(cls, record_ids, activities=None):
+    def cancel_waiting(cls, record_ids, activities=None):
         """Cancel the waiting record activities of record_ids, only those of
         activities when given"""
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
-        now = current_time()
         where = table.state == 'waiting'
         if activities is not None:
             where &= table.activity.in_(list(map(int, activities)))
-        for sub_ids in sliced(record_ids):
-            cursor.execute(*table.update(
-                    [table.state, table.write_date],
-                    ['cancelled', now],
-                    where=reduce_ids(table.record, sub_ids) & where))
+        for sub_ids in sliced(sorted(map(int, record_ids))):
+            cursor.execute(*table.select(
+                    table.id, where=reduce_ids(table.record, sub_ids) & where))
+            cls.cancel(cls.browse([i for i, in cursor]))
 
     @classmethod
-    def fail_delivery(cls, pairs, error):
-        """Fail the record activities of the (activity, record) pairs whose
-        email could not be delivered, and cancel what follows them"""
-        pool = Pool()
-        Activity = pool.get('marketing.automation.activity')
+    def _transition(cls, record_activities, state, **values):
+        """Change to state the record activities that can go to it, with
+        values, in one statement by slice"""
         table = cls.__table__()
-        cursor = Transaction().connection.cursor()
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
         now = current_time()
-        by_activity = defaultdict(list)
-        for activity_id, record_id in pairs:
-            if activity_id and record_id:
-                by_activity[activity_id].append(record_id)
-        for activity_id, record_ids in by_activity.items():
-            for sub_ids in sliced(record_ids):
-                cursor.execute(*table.update(
-                        [table.state, table.error, table.write_date],
-                        ['failed', error, now],
-                        where=reduce_ids(table.record, sub_ids)
-                        & (table.activity == activity_id)))
-            children = Activity(activity_id).children
-            if children:
-                cls._cancel(record_ids, children)
-
-    @classmethod
-    def cancel_waiting(cls, records):
-        "Cancel all the waiting record activities of the blocked records"
-        cls._cancel(list(map(int, records)))
-
-    @classmethod
-    @ModelView.button
-    def on_email_opened(cls, record_activities, at=None):
-        "Record that the email was opened and move the tree on"
-        cls.record_events(cls._targets(record_activities), opened=True, at=at)
-
-    @classmethod
-    @ModelView.button
-    def on_email_clicked(cls, record_activities, at=None):
-        "Record that a link was clicked; a click implies an open"
-        cls.record_events(
-            cls._targets(record_activities), opened=True, clicked=True,
-            at=at)
-
-    @classmethod
-    def _targets(cls, record_activities):
-        return [Target(ra.id, ra.activity.id, ra.record.id,
-                ra.email_opened, ra.email_clicked)
-            for ra in record_activities if ra.state == 'done']
-
-    @classmethod
-    def record_events(cls, targets, opened=False, clicked=False, at=None):
-        """Record the events on the targets that did not have them and move
-        the tree on
-
-        The targets are record activities done, as Target tuples."""
-        if at is None:
-            at = current_time()
-        events = []
-        if opened:
-            events.append(('email_opened',
-                    [t for t in targets if not t.opened]))
-        if clicked:
-            events.append(('email_clicked',
-                    [t for t in targets if not t.clicked]))
-        for event, event_targets in events:
-            if event_targets:
-                cls._flag([t.id for t in event_targets], event)
-        for event, event_targets in events:
-            if event_targets:
-                cls._move_on(event_targets, event, at)
-
-    @classmethod
-    def record_machine_open(cls, ids):
-        """Record an open by a privacy proxy on the record activities of ids:
-        it counts but moves nothing"""
-        cls._flag(ids, 'email_opened_machine')
-
-    @classmethod
-    def record_filtered(cls, ids):
-        """Record that an event on the record activities of ids was ignored
-        as not coming from a person"""
-        cls._flag(ids, 'email_filtered')
-
-    @classmethod
-    def _flag(cls, ids, name):
-        "Set the flag name on the record activities of ids"
-        if not ids:
-            return
-        table = cls.__table__()
-        cursor = Transaction().connection.cursor()
-        column = getattr(table, name)
-        # A single statement per event, the ORM would read and check
-        for sub_ids in sliced(ids):
+        sources = [s for s, t in cls._transitions if t == state]
+        values = {k: v for k, v in values.items() if v is not None}
+        values.update(state=state, write_uid=transaction.user, write_date=now)
+        names = sorted(values)
+        for sub_ids in sliced(list(map(int, record_activities))):
             cursor.execute(*table.update(
-                    [column, table.write_date],
-                    [Literal(True), current_time()],
+                    [getattr(table, n) for n in names],
+                    [values[n] for n in names],
                     where=reduce_ids(table.id, sub_ids)
-                    & (column == Literal(False))))
+                    & table.state.in_(sources)))
+        cls.forget(record_activities)
 
     @classmethod
-    def _move_on(cls, targets, event, at):
-        """Make the children waiting for event due and cancel their negative
-        siblings"""
-        pool = Pool()
-        Activity = pool.get('marketing.automation.activity')
-        table = cls.__table__()
-        cursor = Transaction().connection.cursor()
-        positives, negatives = defaultdict(set), defaultdict(set)
-        for target in targets:
-            for child in Activity.children_events(target.activity):
-                if child.event != event:
-                    continue
-                if child.negative:
-                    negatives[child.id].add(target.record)
+    def forget(cls, record_activities=None):
+        """Forget what the transaction read of the record activities, all of
+        them when none is given, as their rows changed behind the ORM"""
+        transaction = Transaction()
+        transaction.counter += 1
+        ids = None
+        if record_activities is not None:
+            ids = list(map(int, record_activities))
+            for record_activity in record_activities:
+                record_activity._local_cache.pop(record_activity.id, None)
+        for cache in transaction.cache.values():
+            if cls.__name__ in cache:
+                if ids is None:
+                    cache[cls.__name__].clear()
                 else:
-                    positives[child].add(target.record)
-        for child, record_ids in positives.items():
-            for sub_ids in sliced(sorted(record_ids)):
-                cursor.execute(*table.update(
-                        [table.at, table.write_date],
-                        [at + dt.timedelta(seconds=child.delay), at],
-                        where=reduce_ids(table.record, sub_ids)
-                        & (table.activity == child.id)
-                        & (table.state == 'waiting')
-                        & (table.at == Null)))
-        for child_id, record_ids in negatives.items():
-            cls._cancel(sorted(record_ids), [child_id])
+                    for id_ in ids:
+                        cache[cls.__name__].pop(id_, None)

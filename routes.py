@@ -13,8 +13,6 @@ from functools import wraps
 from werkzeug.exceptions import HTTPException
 
 import trytond.config as config
-from trytond.i18n import gettext
-from trytond.pool import Pool
 from trytond.protocols.wrappers import (
     HTTPStatus, Response, abort, redirect, with_pool, with_transaction)
 from trytond.transaction import Transaction
@@ -22,7 +20,7 @@ from trytond.wsgi import app
 
 from . import email_, pages, scanner
 from .marketing_automation import current_time
-from .record_activity import Target
+from .tree import Event
 
 logger = logging.getLogger(__name__)
 
@@ -105,18 +103,18 @@ def email_open(request, pool, token):
         if who == scanner.PERSON:
             if not tracked.opened:
                 RecordActivity.record_events(
-                    [_target(tracked)], opened=True)
+                    [_event(tracked)], opened=True)
         elif who == scanner.MACHINE:
             if not tracked.opened_machine:
-                RecordActivity.record_machine_open(
-                    [tracked.record_activity])
+                RecordActivity.flag(
+                    [tracked.record_activity], 'email_opened_machine')
         elif not tracked.filtered:
-            RecordActivity.record_filtered([tracked.record_activity])
+            RecordActivity.flag([tracked.record_activity], 'email_filtered')
     return pixel()
 
 
-def _target(tracked):
-    return Target(
+def _event(tracked):
+    return Event(
         tracked.record_activity, tracked.activity, tracked.record,
         tracked.opened, tracked.clicked)
 
@@ -138,9 +136,9 @@ def email_click(request, pool, token, key):
         if scanner.classify(request) == scanner.PERSON and not early:
             if not tracked.clicked:
                 RecordActivity.record_events(
-                    [_target(tracked)], opened=True, clicked=True)
+                    [_event(tracked)], opened=True, clicked=True)
         elif not tracked.filtered:
-            RecordActivity.record_filtered([tracked.record_activity])
+            RecordActivity.flag([tracked.record_activity], 'email_filtered')
     # Every caller is sent on, only the counting differs
     return redirect(target, code=HTTPStatus.FOUND)
 
@@ -186,24 +184,11 @@ def unsubscribe(request, pool, record_uuid, key=None):
 
 
 def _language(record):
+    "The language of the emails of the record, by the same rule"
     party = getattr(record.record, 'marketing_party', None)
-    if party and party.lang:
-        return party.lang.code
+    if party:
+        return email_.languages({party.id})[party.id]
 
 
 def _page(record, confirm):
-    pool = Pool()
-    Scenario = pool.get('marketing.automation.scenario')
-    language = Transaction().language
-    # Read again in the party's language
-    scenario = Scenario(record.scenario.id).rec_name
-    if confirm:
-        text = gettext(
-            'marketing_automation.msg_unsubscribe_confirm', scenario=scenario)
-        button = gettext('marketing_automation.msg_unsubscribe_button')
-    else:
-        text = gettext(
-            'marketing_automation.msg_unsubscribed', scenario=scenario)
-        button = None
-    title = gettext('marketing_automation.msg_unsubscribe_title')
-    return pages.response(pages.page(language, text, title, button))
+    return pages.unsubscribe_page(record, confirm)

@@ -2,40 +2,51 @@
 # this repository contains the full copyright notices and license terms.
 """Tell a person from a scanner, a prefetch or a privacy proxy
 
-Only the verdict is kept: no address and no user agent is stored."""
+Only the verdict is kept: no address and no user agent is stored.
+A site extends the lists with the [marketing] automation_scanners and
+automation_machine_opens options: regular expressions, one a line."""
 import re
-from functools import lru_cache
 
-from trytond.tools import file_open
+import trytond.config as config
 
 PERSON = 'person'
 SCANNER = 'scanner'
 MACHINE = 'machine'
 PREFETCH = {'prefetch', 'preview', 'prerender'}
 
+# Searched case-insensitively in the User-Agent header.
+# Their opens and clicks are ignored: they move no branch.
+SCANNERS = (
+    'bot\\b', 'bot/', 'crawler', 'spider', 'slurp', 'preview', 'scanner',
+    'checker', 'validator', 'monitor', '^curl/', '^wget/', 'python-requests',
+    'python-urllib', 'python-httpx', 'aiohttp', 'go-http-client', 'java/',
+    'okhttp', 'apache-httpclient', 'libwww-perl', 'headlesschrome',
+    'phantomjs', 'facebookexternalhit', 'slackbot', 'twitterbot',
+    'linkedinbot', 'discordbot', 'telegrambot', 'whatsapp', 'skypeuripreview',
+    'office existence discovery', 'safelinks', 'barracuda', 'mimecast',
+    'proofpoint', 'symantec', 'forcepoint', 'zscaler', 'trendmicro',
+    'trend micro', 'sophos', 'fortiguard', 'ironport', 'cisco', 'urldefense',
+    'urlscan', 'virustotal', 'bitdefender', 'kaspersky', 'avast', 'eset',
+    )
+# Their image fetches are machine opens: they count apart and fire no
+# "opened" branch. Apple Mail Privacy Protection preloads with a bare agent.
+MACHINE_OPENS = (
+    '^Mozilla/5\\.0$',
+    )
 
-@lru_cache(maxsize=None)
-def agents():
-    "Return the compiled patterns of bots.txt by section"
-    sections = {}
-    section = None
-    with file_open('marketing_automation/bots.txt', mode='r') as fp:
-        for line in fp:
-            line = line.strip()
-            if not line or line.startswith('#'):
-                continue
-            if line.startswith('[') and line.endswith(']'):
-                section = sections.setdefault(line[1:-1], [])
-            elif section is not None:
-                section.append(line)
-    return {
-        name: re.compile('|'.join('(?:%s)' % p for p in patterns), re.I)
-        for name, patterns in sections.items() if patterns}
+_compiled = {}
 
 
-def _match(section, user_agent):
-    pattern = agents().get(section)
-    return bool(pattern and pattern.search(user_agent))
+def _pattern(option, defaults):
+    "Return the pattern of the defaults and of the configuration option"
+    extra = config.get('marketing', option, default='') or ''
+    key = (option, extra)
+    if key not in _compiled:
+        patterns = list(defaults) + [
+            p.strip() for p in extra.splitlines() if p.strip()]
+        _compiled[key] = re.compile(
+            '|'.join('(?:%s)' % p for p in patterns), re.IGNORECASE)
+    return _compiled[key]
 
 
 def classify(request):
@@ -49,8 +60,8 @@ def classify(request):
     user_agent = request.headers.get('User-Agent', '').strip()
     if not user_agent:
         return SCANNER
-    if _match('machine_open', user_agent):
+    if _pattern('automation_machine_opens', MACHINE_OPENS).search(user_agent):
         return MACHINE
-    if _match('scanner', user_agent):
+    if _pattern('automation_scanners', SCANNERS).search(user_agent):
         return SCANNER
     return PERSON

@@ -1,452 +1,375 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
-"""The module at one size, in a fresh process and a fresh database
+"""What is measured, in a process of its own for its memory figures
 
-N parties with an e-mail address, one running scenario, and the steps:
-enrolment, first processing run, N/2 opens (in bulk and through the
-route) and second processing run."""
-import argparse
+    steps.py OPTIONS
+
+OPTIONS is the JSON of the options that run.py gives: the mode (floor,
+module, enrol or wrk), the size and the count file of the SMTP server, and
+the configuration and database of the module. It prints its figures as one
+JSON line starting with '@@result '."""
 import datetime as dt
+import json
 import math
 import os
+import re
+import resource
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The same template for the floor and for the module: a name, two links and
+# an unsubscribe link
+TITLE = 'News for ${record.name}'
+TEMPLATE = '''\
+<html xmlns:py="http://genshi.edgewall.org/">
+<head><title>News</title></head>
+<body>
+<h1>Hello ${record.name},</h1>
+<p>Our new season is here: see <a href="https://shop.example.com/new">the
+new collection</a> or visit <a href="https://shop.example.com/stores">our
+stores</a>.</p>
+<p>Kind regards,<br/>The team</p>
+<p><a href="unsubscribe">Unsubscribe</a></p>
+</body>
+</html>
+'''
 
-from common import (  # noqa: E402
-    TEMPLATE, TITLE, USER_AGENT, SMTPCount, StatementCounter, Step, emit)
 
-PARTY_BATCH = 1000
+def memory(key):
+    "Return the figure key of /proc/self/status in MB"
+    with open('/proc/self/status') as file:
+        for line in file:
+            if line.startswith(key + ':'):
+                return round(int(line.split()[1]) / 1024, 1)
 
 
-def setup(database, size):
-    "Create the parties fast with bulk inserts, and the running scenario"
-    from sql import Literal
-    from sql.operators import Concat
+class Step:
+    """Measure a step: wall and CPU time, SQL statements, emails received by
+    the SMTP server of run.py (the size of its count file) and the peak
+    resident memory, whose high-water mark is reset before the step"""
 
-    from trytond.pool import Pool
-    from trytond.transaction import Transaction
+    def __init__(self, count_file, counter=None):
+        self.count_file, self.counter = count_file, counter
 
-    pool = Pool()
-    Party = pool.get('party.party')
-    ContactMechanism = pool.get('party.contact_mechanism')
+    def now(self):
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return (time.perf_counter(), usage.ru_utime + usage.ru_stime,
+            self.counter.count if self.counter else 0,
+            os.path.getsize(self.count_file))
+
+    def __enter__(self):
+        try:
+            with open('/proc/self/clear_refs', 'w') as file:
+                file.write('5')
+            reset = True
+        except OSError:
+            reset = False
+        self.figures = {
+            'load_average': round(os.getloadavg()[0], 2),
+            'peak_rss_reset': reset,
+            'rss_start_mb': memory('VmRSS'),
+            }
+        self.start = self.now()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds, cpu, self.statements, self.emails = (
+            e - s for e, s in zip(self.now(), self.start))
+        self.figures.update(
+            seconds=round(self.seconds, 4), cpu_seconds=round(cpu, 4),
+            statements=self.statements, emails=self.emails,
+            peak_rss_mb=memory('VmHWM'))
+
+    def ms(self, count):
+        return round(1000 * self.seconds / max(count, 1), 4)
+
+    def result(self, unit=None, count=0, **figures):
+        "Return the figures of the step, with those per unit if given"
+        if unit:
+            figures['ms_per_' + unit] = self.ms(count)
+            figures['statements_per_' + unit] = round(
+                self.statements / max(count, 1), 3)
+        return dict(self.figures, **figures)
+
+
+def floor(options):
+    """Render the template compiled once for each recipient, build the MIME
+    message (HTML part, text part made from the HTML with lxml, headers)
+    and hand it to the SMTP server over one persistent connection"""
+    import smtplib
+    from email.message import EmailMessage
+    from email.policy import SMTP
+    from email.utils import formataddr, formatdate, make_msgid
+    from types import SimpleNamespace
+
+    from genshi.template import MarkupTemplate, NewTextTemplate
+    from lxml import html
+
+    def text(content):
+        document = html.document_fromstring(content)
+        for element in document.xpath('//head|//img'):
+            element.drop_tree()
+        for link in document.iter('a'):
+            link.tail = ' <%s>%s' % (link.get('href'), link.tail or '')
+        lines = (' '.join(line.split())
+            for line in document.text_content().splitlines())
+        return '\n'.join(line for line in lines if line) + '\n'
+
+    size = options['size']
+    title, template = NewTextTemplate(TITLE), MarkupTemplate(TEMPLATE)
+    # As the parties of the module
+    recipients = [SimpleNamespace(
+            name='Party %s' % i, email='Party-%06d@example.com' % i)
+        for i in range(size)]
+    with Step(options['count_file']) as step:
+        server = smtplib.SMTP('127.0.0.1', options['smtp_port'])
+        for recipient in recipients:
+            body = template.generate(record=recipient).render(
+                method='html', encoding=None)
+            message = EmailMessage()
+            message['From'] = options['email_from']
+            message['To'] = formataddr((recipient.name, recipient.email))
+            message['Subject'] = title.generate(record=recipient).render(
+                encoding=None)
+            message['Date'] = formatdate(localtime=True)
+            message['Message-ID'] = make_msgid(domain='example.com')
+            message.set_content(text(body), subtype='plain')
+            message.add_alternative(body, subtype='html')
+            server.sendmail(options['email_from'], [recipient.email],
+                message.as_bytes(policy=SMTP))
+        server.quit()
+        # The server counts at the end of each SMTP transaction
+        deadline = time.time() + 10
+        while (os.path.getsize(options['count_file']) - step.start[3] < size
+                and time.time() < deadline):
+            time.sleep(0.001)
+    return step.result(size=size, ms_per_email=step.ms(size))
+
+
+def setup(pool, size):
+    "Create the parties and the running scenario; return its root activity"
+    from trytond.modules.marketing_automation.tests import tools
     Scenario = pool.get('marketing.automation.scenario')
-    party = Party.__table__()
-    mechanism = ContactMechanism.__table__()
-    cursor = Transaction().connection.cursor()
-    now = dt.datetime.now()
+    tools.create_parties('Party', size)
 
-    for start in range(0, size, PARTY_BATCH):
-        rows = []
-        for i in range(start, min(start + PARTY_BATCH, size)):
-            code = 'B%07d' % i
-            rows.append([True, code, code, i, 'Party %07d' % i, 0, now])
-        cursor.execute(*party.insert(
-                [party.active, party.code, party.code_alnum,
-                    party.code_digit, party.name, party.create_uid,
-                    party.create_date],
-                rows))
-    email = Concat(Concat('p', party.code), '@example.com')
-    cursor.execute(*mechanism.insert(
-            [mechanism.party, mechanism.type, mechanism.value,
-                mechanism.value_compact, mechanism.active,
-                mechanism.sequence, mechanism.create_uid,
-                mechanism.create_date],
-            party.select(
-                party.id, Literal('email'), email, email, Literal(True),
-                Literal(10), Literal(0), Literal(now))))
-
-    def email_activity(name, **values):
-        values.update({
-                'name': name,
-                'action': 'send_email',
-                'email_title': TITLE,
-                'email_template': TEMPLATE,
-                })
-        return values
-
+    def email(name, **values):
+        return dict(values, name=name, action='send_email',
+            email_title=TITLE, email_template=TEMPLATE)
     scenario, = Scenario.create([{
                 'name': 'Benchmark',
                 'model': 'party.party',
                 'domain': '[]',
-                'activities': [('create', [email_activity(
-                                'News',
-                                children=[('create', [
-                                            email_activity(
-                                                'Opened',
-                                                on='email_opened'),
-                                            email_activity(
-                                                'Not clicked after 2 days',
-                                                on='email_clicked_not',
-                                                delay=dt.timedelta(days=2)),
-                                            email_activity('Reminder'),
-                                            ])])])],
+                'activities': [('create', [email('News', children=[
+                                ('create', [
+                                        email('Opened', on='email_opened'),
+                                        email('Not clicked after 2 days',
+                                            on='email_clicked_not',
+                                            delay=dt.timedelta(days=2)),
+                                        email('Reminder'),
+                                        ])])])],
                 }])
     Scenario.run([scenario])
     root, = scenario.activities
-    return scenario.id, root.id
+    return root.id
 
 
-def insert_select(backend, root_id):
+def tracked(pool, root, database, every=1):
+    """Return the record activity, the open path and a click path of the
+    emails of root, one in every, in the order they were composed"""
+    from trytond.modules.marketing_automation.tests import tools
+    Email = pool.get('ir.email')
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    path = re.compile(re.escape(tools.AUTOMATION_BASE)
+        + r'(/m/%s/([oc])/[^"]+)' % re.escape(database))
+    activities = {r['record']: r['id'] for r in RecordActivity.search_read(
+            [('activity', '=', root)], fields_names=['record'])}
+    emails = Email.search([
+            ('marketing_automation_activity', '=', root),
+            ], order=[('id', 'ASC')])[::every]
+    result = []
+    for email in emails:
+        paths = {kind: p for p, kind in path.findall(email.body)}
+        result.append((activities[email.marketing_automation_record.id],
+                paths['o'], paths['c']))
+    return result
+
+
+def states(pool):
+    "Count the record activities by activity and state, to check the run"
+    Activity = pool.get('marketing.automation.activity')
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    result = {}
+    for activity in Activity.search([]):
+        for state, _ in RecordActivity.state.selection:
+            count = RecordActivity.search_count([
+                    ('activity', '=', activity.id), ('state', '=', state)])
+            if count:
+                result.setdefault(activity.name, {})[state] = count
+    return result
+
+
+def insert_select(backend, root):
     """Time a plain INSERT … SELECT of the rows that enrolment creates, into
     scratch tables shaped like marketing_automation_record and its record
     activities"""
     from trytond.transaction import Transaction
-    cursor = Transaction().connection.cursor()
+    transaction = Transaction()
+    cursor = transaction.connection.cursor()
     tables = {
         'marketing_automation_record': 'bench_scratch_record',
         'marketing_automation_record_activity': 'bench_scratch_ra',
         }
-    if backend == 'postgresql':
-        for source, scratch in tables.items():
+    for source, scratch in tables.items():
+        if backend == 'postgresql':
             cursor.execute('CREATE TABLE %s (LIKE %s INCLUDING ALL)' % (
                     scratch, source))
-        uuid = "md5(random()::text || id::text)"
-        false, now = 'false', 'now()'
-    else:
-        for source, scratch in tables.items():
-            cursor.execute(
-                "SELECT type, sql FROM sqlite_master "
-                "WHERE tbl_name = ? AND sql IS NOT NULL "
-                "ORDER BY type = 'index'", (source,))
-            for kind, sql in cursor.fetchall():
-                sql = sql.replace(source, scratch)
-                if kind == 'index':
-                    sql = sql.replace('INDEX "', 'INDEX "bench_', 1)
-                    sql = sql.replace('INDEX ', 'INDEX bench_', 1) if (
-                        'INDEX "bench_' not in sql) else sql
-                cursor.execute(sql)
-        uuid = "lower(hex(randomblob(16)))"
-        false, now = '0', 'CURRENT_TIMESTAMP'
-    Transaction().commit()
+            continue
+        cursor.execute("SELECT sql FROM sqlite_master WHERE tbl_name = ? "
+            "AND sql IS NOT NULL ORDER BY type = 'index'", (source,))
+        for sql, in cursor.fetchall():
+            cursor.execute(re.sub(r'INDEX "?', r'\g<0>bench_', sql.replace(
+                        source, scratch), count=1))
+    uuid, false, now = {
+        'postgresql': ("md5(random()::text || id::text)", 'false', 'now()'),
+        'sqlite': ("lower(hex(randomblob(16)))", '0', 'CURRENT_TIMESTAMP'),
+        }[backend]
+    transaction.commit()
     t0 = time.perf_counter()
-    cursor.execute(
-        "INSERT INTO bench_scratch_record "
+    cursor.execute("INSERT INTO bench_scratch_record "
         "(scenario, record, blocked, uuid, create_uid, create_date) "
         "SELECT 1, 'party.party,' || id, %s, %s, 0, %s FROM party_party"
         % (false, uuid, now))
     t1 = time.perf_counter()
-    cursor.execute(
-        "INSERT INTO bench_scratch_ra "
+    cursor.execute("INSERT INTO bench_scratch_ra "
         "(record, activity, at, state, email_opened, email_clicked, "
         "email_opened_machine, email_filtered, create_uid, create_date) "
         "SELECT id, %s, %s, 'waiting', %s, %s, %s, %s, 0, %s "
         "FROM bench_scratch_record"
-        % (int(root_id), now, false, false, false, false, now))
-    Transaction().commit()
+        % (int(root), now, false, false, false, false, now))
+    transaction.commit()
     t2 = time.perf_counter()
     for scratch in tables.values():
         cursor.execute('DROP TABLE %s' % scratch)
-    Transaction().commit()
-    return {
-        'seconds': round(t2 - t0, 4),
-        'records_seconds': round(t1 - t0, 4),
-        }
+    transaction.commit()
+    return {'seconds': round(t2 - t0, 4), 'records_seconds': round(t1 - t0, 4)}
 
 
-def opens(database, root_id):
-    "Return the token and the record activity of every other e-mail"
-    from trytond.pool import Pool
-    from trytond.transaction import Transaction
-    pool = Pool()
-    Email = pool.get('ir.email')
-    RecordActivity = pool.get('marketing.automation.record.activity')
-    email = Email.__table__()
-    record_activity = RecordActivity.__table__()
-    cursor = Transaction().connection.cursor()
-    cursor.execute(*email.join(record_activity, condition=(
-                record_activity.activity
-                == email.marketing_automation_activity)
-            & (record_activity.record == email.marketing_automation_record)
-            ).select(
-            email.marketing_automation_token, record_activity.id,
-            where=email.marketing_automation_activity == root_id,
-            order_by=[email.id.asc]))
-    return cursor.fetchall()[::2]
-
-
-def write_paths(database, root_id, path):
-    "Write the open image and click paths of the e-mails of root_id"
-    import json
-
-    from trytond.pool import Pool
-    from trytond.transaction import Transaction
-    pool = Pool(database)
-    Email = pool.get('ir.email')
-    email = Email.__table__()
-    with Transaction().start(database, 0, readonly=True):
-        cursor = Transaction().connection.cursor()
-        cursor.execute(*email.select(
-                email.marketing_automation_token,
-                email.marketing_automation_links,
-                where=email.marketing_automation_activity == root_id,
-                order_by=[email.id.asc]))
-        rows = cursor.fetchall()
-    with open(path + '.open', 'w') as fp_open, \
-            open(path + '.click', 'w') as fp_click:
-        for token, links in rows:
-            key = sorted(json.loads(links))[0]
-            fp_open.write('/m/%s/o/%s.gif\n' % (database, token))
-            fp_click.write('/m/%s/c/%s/%s\n' % (database, token, key))
-
-
-def opened(root_id):
-    "Count the opened e-mails of root_id"
-    from trytond.pool import Pool
-    from trytond.transaction import Transaction
-    RecordActivity = Pool().get('marketing.automation.record.activity')
-    table = RecordActivity.__table__()
-    cursor = Transaction().connection.cursor()
-    cursor.execute(*table.select(table.id,
-            where=(table.activity == root_id) & table.email_opened))
-    return len(cursor.fetchall())
-
-
-def states(root_id):
-    "Count the record activities by activity and state, to check the run"
-    from sql.aggregate import Count
-
-    from trytond.pool import Pool
-    from trytond.transaction import Transaction
-    pool = Pool()
-    RecordActivity = pool.get('marketing.automation.record.activity')
-    Activity = pool.get('marketing.automation.activity')
-    table = RecordActivity.__table__()
-    activity = Activity.__table__()
-    cursor = Transaction().connection.cursor()
-    cursor.execute(*table.join(activity,
-            condition=table.activity == activity.id).select(
-            activity.name, table.state, Count(table.id),
-            group_by=[activity.name, table.state]))
-    result = {}
-    for name, state, count in cursor:
-        result.setdefault(name, {})[state] = count
-    return result
-
-
-def percentile(values, p):
-    if not values:
-        return None
-    values = sorted(values)
-    index = min(len(values) - 1, max(0, math.ceil(p / 100 * len(values)) - 1))
-    return values[index]
-
-
-class Profiler:
-    "Profile the named steps with pyinstrument when asked"
-
-    def __init__(self, names, directory, tag):
-        self.names = set(names or [])
-        self.directory = directory
-        self.tag = tag
-
-    def __call__(self, name):
-        profiler = self
-
-        class Context:
-            def __enter__(self):
-                self.profiler = None
-                if name in profiler.names or 'all' in profiler.names:
-                    from pyinstrument import Profiler
-                    self.profiler = Profiler(interval=0.0005)
-                    self.profiler.start()
-
-            def __exit__(self, *exc):
-                if self.profiler:
-                    self.profiler.stop()
-                    base = os.path.join(profiler.directory, '%s-%s' % (
-                            profiler.tag, name))
-                    with open(base + '.txt', 'w') as fp:
-                        fp.write(self.profiler.output_text(
-                                unicode=False, color=False,
-                                show_all=False))
-                    with open(base + '.html', 'w') as fp:
-                        fp.write(self.profiler.output_html())
-                return False
-        return Context()
-
-
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument('--config', required=True)
-    parser.add_argument('--database', required=True)
-    parser.add_argument('--backend', required=True)
-    parser.add_argument('--size', type=int, required=True)
-    parser.add_argument('--enrol-only', action='store_true')
-    parser.add_argument('--insert-select', action='store_true')
-    parser.add_argument('--count-file', required=True)
-    parser.add_argument('--profile', action='append')
-    parser.add_argument('--profile-dir', default='.')
-    parser.add_argument('--wrk-paths',
-        help="only enrol and send, then write the open and click paths of "
-        "the e-mails in WRK_PATHS.open and WRK_PATHS.click")
-    parser.add_argument('--route-opens', type=int, default=None,
-        help="at most this many opens through the route (default N/2)")
-    options = parser.parse_args()
-
+def module(options):
+    "The steps of the module at one size, on a fresh database"
     from trytond import config
-    config.update_etc(options.config)
-    StatementCounter.install()
+    config.update_etc(options['config'])
 
-    from werkzeug.test import Client
-
-    from trytond.modules.marketing_automation.marketing_automation import (
-        batch_size)
+    from trytond.modules.marketing_automation.tests import tools
     from trytond.pool import Pool
     from trytond.transaction import Transaction
-    from trytond.wsgi import app
 
-    database, size = options.database, options.size
-    smtp_count = SMTPCount(options.count_file)
-    profile = Profiler(options.profile, options.profile_dir,
-        '%s-%s' % (options.backend, size))
+    database, size, mode = (options[k] for k in ['database', 'size', 'mode'])
+    batch = config.getint('marketing', 'automation_batch_size')
+
+    def transaction(readonly=False):
+        return Transaction().start(database, 0, readonly=readonly)
+
     Pool.start()
-    with Transaction().start(database, 0, readonly=True):
-        Pool(database).init()
     pool = Pool(database)
+    with transaction(readonly=True):
+        pool.init()
+        # It patches the cursor classes: it counts until the process ends
+        counter = tools.StatementCounter(keep=False).__enter__()
     Scenario = pool.get('marketing.automation.scenario')
     RecordActivity = pool.get('marketing.automation.record.activity')
 
-    t0 = time.perf_counter()
-    with Transaction().start(database, 0) as transaction:
-        scenario_id, root_id = setup(database, size)
-        transaction.commit()
+    def step():
+        return Step(options['count_file'], counter)
+
+    def process():
+        "Run the processing of the cron and return its figures"
+        with step() as run, transaction() as t:
+            RecordActivity.process()
+            t.commit()
+        return run.result('email', run.emails)
+
+    started = time.perf_counter()
+    with transaction() as t:
+        root = setup(pool, size)
+        t.commit()
     result = {
-        'size': size,
-        'backend': options.backend,
-        'batch_size': batch_size(),
-        'setup_seconds': round(time.perf_counter() - t0, 2),
-        'steps': {},
-        }
+        'size': size, 'backend': options['backend'], 'batch_size': batch,
+        'setup_seconds': round(time.perf_counter() - started, 2),
+        'steps': {}}
     steps = result['steps']
 
-    # (1) Enrolment
-    with profile('enrol'), Step('enrol', smtp_count) as step:
-        with Transaction().start(database, 0) as transaction:
-            Scenario.trigger()
-            transaction.commit()
-    batches = math.ceil(size / batch_size())
-    steps['enrol'] = step.result(
-        records=size,
-        statements_per_batch=round(step.statements / batches, 2),
-        ms_per_record=round(1000 * step.seconds / size, 4))
+    with step() as enrol, transaction() as t:
+        Scenario.trigger()
+        t.commit()
+    steps['enrol'] = enrol.result(records=size, ms_per_record=enrol.ms(size),
+        statements_per_batch=round(
+            enrol.statements / math.ceil(size / batch), 2))
+    if mode == 'enrol':
+        with transaction():
+            result['insert_select'] = insert_select(options['backend'], root)
+        return result
 
-    if options.enrol_only:
-        if options.insert_select:
-            with Transaction().start(database, 0):
-                result['insert_select'] = insert_select(
-                    options.backend, root_id)
-        emit(result)
-        return
+    # The first processing run sends the root emails
+    steps['send'] = process()
 
-    # (2) First processing run: it sends N e-mails
-    with profile('send'), Step('send', smtp_count) as step:
-        with Transaction().start(database, 0) as transaction:
-            RecordActivity.process()
-            transaction.commit()
-    steps['send'] = step.result(
-        ms_per_email=round(1000 * step.seconds / max(step.emails, 1), 4),
-        statements_per_email=round(
-            step.statements / max(step.emails, 1), 3))
+    if mode == 'wrk':
+        with transaction(readonly=True):
+            paths = tracked(pool, root, database)
+        for index, kind in [(1, '.open'), (2, '.click')]:
+            with open(options['paths'] + kind, 'w') as file:
+                file.writelines(p[index] + '\n' for p in paths)
+        return result
 
-    if options.wrk_paths:
-        write_paths(database, root_id, options.wrk_paths)
-        emit(result)
-        return
-
-    with Transaction().start(database, 0, readonly=True):
-        events = opens(database, root_id)
-
-    # (3b) N/2 opens in bulk, rolled back to replay them through the route
-    with Transaction().start(database, 0) as transaction:
-        with profile('open_bulk'), Step('open_bulk', smtp_count) as step:
-            ids = [i for _, i in events]
-            for start in range(0, len(ids), batch_size()):
+    # Every other email is opened, in bulk first, rolled back to replay
+    # the same opens through the route
+    with transaction(readonly=True):
+        events = tracked(pool, root, database, every=2)
+    ids = [i for i, _, _ in events]
+    with transaction() as t:
+        with step() as bulk:
+            for start in range(0, len(ids), batch):
                 RecordActivity.on_email_opened(
-                    RecordActivity.browse(ids[start:start + batch_size()]))
-        transaction.rollback()
-    with Transaction().start(database, 0, readonly=True):
-        # The opens are replayed through the route: none may be left
-        left = opened(root_id)
-    steps['open_bulk'] = step.result(
-        opened_after_rollback=left,
-        events=len(ids),
-        ms_per_event=round(1000 * step.seconds / max(len(ids), 1), 4),
-        statements_per_event=round(step.statements / max(len(ids), 1), 3),
-        committed=False)
+                    RecordActivity.browse(ids[start:start + batch]))
+        t.rollback()
+    with transaction(readonly=True):
+        left = RecordActivity.search_count([
+                ('activity', '=', root), ('email_opened', '=', True)])
+    steps['open_bulk'] = bulk.result('event', len(ids),
+        opened_after_rollback=left, events=len(ids), committed=False)
 
-    # (3a) N/2 opens through the route, one request at a time
-    client = Client(app)
-    route_events = events
-    if options.route_opens is not None:
-        route_events = events[:options.route_opens]
-    latencies, statements, failures = [], [], 0
-    with profile('open_route'), Step('open_route', smtp_count) as step:
-        trace = os.environ.get('BENCH_TRACE_SQL') == 'route'
-        for index, (token, _) in enumerate(route_events):
-            if trace:
-                StatementCounter.trace = index < 2
-                if index < 2:
-                    print('[sql] --- open %s' % index, file=sys.stderr)
-            s0, r0 = StatementCounter.count, time.perf_counter()
-            response = client.get(
-                '/m/%s/o/%s.gif' % (database, token),
-                headers={'User-Agent': USER_AGENT})
-            latencies.append(time.perf_counter() - r0)
-            statements.append(StatementCounter.count - s0)
-            if response.status_code != 200:
-                failures += 1
-            response.close()
-    # One click through the route, for its statements
-    with Transaction().start(database, 0, readonly=True):
-        Email = pool.get('ir.email')
-        email, = Email.search([
-                ('marketing_automation_token', '=', route_events[-1][0]),
-                ])
-        import json
-        key = sorted(json.loads(email.marketing_automation_links))[0]
-    if trace:
-        StatementCounter.trace = True
-        print('[sql] --- click', file=sys.stderr)
-    s0 = StatementCounter.count
-    response = client.get(
-        '/m/%s/c/%s/%s' % (database, route_events[-1][0], key),
-        headers={'User-Agent': USER_AGENT})
-    click_statements = StatementCounter.count - s0
-    StatementCounter.trace = False
-    click_status = response.status_code
-    response.close()
-    n = max(len(route_events), 1)
-    steps['open_route'] = step.result(
-        events=len(route_events),
-        failures=failures,
-        ms_per_event=round(1000 * step.seconds / n, 4),
-        statements_per_event=round(step.statements / n, 3),
-        statements_max=max(statements or [0]),
-        latency_p50_ms=round(1000 * percentile(latencies, 50), 3),
-        latency_p99_ms=round(1000 * percentile(latencies, 99), 3),
-        click_statements=click_statements,
-        click_status=click_status)
+    def get(path):
+        "Return the status, the statements and the seconds of a request"
+        statements, start = counter.count, time.perf_counter()
+        status = tools.follow(path).status_code
+        return status, counter.count - statements, time.perf_counter() - start
+    if options['route_opens'] is not None:
+        events = events[:options['route_opens']]
+    with step() as route:
+        requests = [get(o) for _, o, _ in events]
+    click_status, click_statements, _ = get(events[-1][2])
+    latencies = sorted(s for _, _, s in requests)
 
-    # (4) Second processing run: the reminders and the opened children
-    with profile('process2'), Step('process2', smtp_count) as step:
-        with Transaction().start(database, 0) as transaction:
-            RecordActivity.process()
-            transaction.commit()
-    steps['process2'] = step.result(
-        ms_per_email=round(1000 * step.seconds / max(step.emails, 1), 4),
-        statements_per_email=round(
-            step.statements / max(step.emails, 1), 3))
+    def percentile(p):
+        return round(1000 * latencies[
+                max(0, math.ceil(p / 100 * len(latencies)) - 1)], 3)
+    steps['open_route'] = route.result('event', len(requests),
+        events=len(requests), failures=sum(s != 200 for s, _, _ in requests),
+        statements_max=max(n for _, n, _ in requests),
+        latency_p50_ms=percentile(50), latency_p99_ms=percentile(99),
+        click_statements=click_statements, click_status=click_status)
 
-    with Transaction().start(database, 0, readonly=True):
-        result['states'] = states(root_id)
-    if options.insert_select:
-        # Last: its DDL must not change what the steps see
-        with Transaction().start(database, 0):
-            result['insert_select'] = insert_select(options.backend, root_id)
-    emit(result)
+    # The second one sends the reminders and the opened children
+    steps['process2'] = process()
+
+    with transaction(readonly=True):
+        result['states'] = states(pool)
+    # Last: its DDL must not change what the steps see
+    with transaction():
+        result['insert_select'] = insert_select(options['backend'], root)
+    return result
 
 
 if __name__ == '__main__':
-    main()
+    options = json.loads(sys.argv[1])
+    result = (floor if options['mode'] == 'floor' else module)(options)
+    print('@@result ' + json.dumps(result), flush=True)

@@ -71,36 +71,6 @@ clean_timeout = 315360000
 '''
 
 
-# Warnings and errors only: no line for each request of the web client
-LOGGING_CONFIG = '''\
-[loggers]
-keys = root, werkzeug
-
-[handlers]
-keys = stderr
-
-[formatters]
-keys = simple
-
-[logger_root]
-level = WARNING
-handlers = stderr
-
-[logger_werkzeug]
-level = WARNING
-handlers =
-qualname = werkzeug
-
-[handler_stderr]
-class = StreamHandler
-args = (sys.stderr,)
-formatter = simple
-
-[formatter_simple]
-format = [%(name)s] %(levelname)s %(message)s
-'''
-
-
 class DemoError(Exception):
     pass
 
@@ -182,8 +152,9 @@ def write_config():
         fp.write(CONFIG_TEMPLATE.format(
                 demo_dir=DEMO_DIR, sao_dir=SAO_DIR, host=HOST,
                 http_port=HTTP_PORT, smtp_port=SMTP_PORT))
-    with open(LOGCONF, 'w') as fp:
-        fp.write(LOGGING_CONFIG)
+    # Warnings and errors only: no line for each request of the web client
+    from trytond.modules.marketing_automation.tests.tools import logging_config
+    logging_config(DEMO_DIR)
     with open(PASSFILE, 'w') as fp:
         fp.write('admin\n')
 

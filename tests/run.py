@@ -3,17 +3,24 @@
 # this repository contains the full copyright notices and license terms.
 """Run the test suite on SQLite, and on PostgreSQL when it answers
 
+After each suite it checks that no process that the suite started is left
+running: those are printed, killed and counted as a failure.
 It ends with one line: "N passed, M failed"."""
 import argparse
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
+from collections import defaultdict
 
 SUITE = 'trytond.modules.marketing_automation.tests'
 POSTGRESQL = os.environ.get(
     'MA_TEST_POSTGRESQL', 'postgresql://postgres@127.0.0.1:5432/')
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def postgresql_answers():
@@ -33,6 +40,10 @@ def run_suite(pattern):
     import unittest
     loader = unittest.TestLoader()
     if pattern:
+        # As unittest's -k, for the scenarios too which trytond matches
+        # against their file name as it is
+        if not any(c in pattern for c in '*?['):
+            pattern = '*%s*' % pattern
         loader.testNamePatterns = [pattern]
     suite = unittest.TestSuite()
     here = os.path.dirname(os.path.abspath(__file__))
@@ -40,6 +51,11 @@ def run_suite(pattern):
         if filename.startswith('test_') and filename.endswith('.py'):
             suite.addTests(loader.loadTestsFromName(
                     SUITE + '.' + filename[:-len('.py')]))
+    if not suite.countTestCases():
+        print('No test matches -k %s' % pattern)
+        print('@@counts ' + json.dumps(
+                {'passed': 0, 'failed': 1, 'skipped': 0}))
+        return
     result = unittest.TextTestRunner(verbosity=2).run(suite)
     failed = len(result.failures) + len(result.errors) + len(
         result.unexpectedSuccesses)
@@ -64,6 +80,82 @@ def drop_postgresql_caches():
                 # Another run may be using it
                 print('=== postgresql: %s kept: %s' % (
                         name, str(exception).splitlines()[0]))
+
+
+def adopt_orphans():
+    """Make this process the parent of the orphans of its descendants, as
+    init is otherwise, to find those left running (Linux only)"""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def descendants():
+    "Return the processes below this one that are alive (not zombies)"
+    children = defaultdict(list)
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open('/proc/%s/stat' % pid) as file:
+                # The command name in parentheses may hold spaces
+                state, ppid = file.read().rsplit(')', 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if state != 'Z':
+            children[int(ppid)].append(int(pid))
+    found, parents = [], [os.getpid()]
+    while parents:
+        pids = children[parents.pop()]
+        found.extend(pids)
+        parents.extend(pids)
+    return found
+
+
+def reap():
+    "Wait for the adopted orphans that have ended"
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if not pid:
+            return
+
+
+def command_line(pid):
+    try:
+        with open('/proc/%s/cmdline' % pid, 'rb') as file:
+            command = file.read().replace(b'\0', b' ')
+    except OSError:
+        return '?'
+    return command.decode(errors='replace').strip()
+
+
+def left_running(name):
+    """Print and kill the processes that the suite left running and return
+    how many there were
+
+    Those stopping as the suite ends have a few seconds to do it."""
+    if not os.path.isdir('/proc'):
+        return 0
+    deadline = time.monotonic() + 5
+    while True:
+        reap()
+        pids = descendants()
+        if not pids or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    for pid in pids:
+        print('=== %s: left running: %s %s' % (name, pid, command_line(pid)))
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    time.sleep(0.5)
+    reap()
+    return len(pids)
 
 
 def run_backend(name, uri, pattern):
@@ -91,6 +183,8 @@ def run_backend(name, uri, pattern):
             print(line)
     if process.returncode and not counts['failed']:
         counts['failed'] = 1
+    if left_running(name):
+        counts['failed'] += 1
     print('=== %s: %s passed, %s failed, %s skipped' % (
             name, counts['passed'], counts['failed'], counts['skipped']),
         flush=True)
@@ -109,6 +203,9 @@ def main():
         return 0
 
     backends = args.backend or ['sqlite', 'postgresql']
+    if not adopt_orphans():
+        print('=== cannot check for processes left running: '
+            'no PR_SET_CHILD_SUBREAPER')
     totals = {'passed': 0, 'failed': 0, 'skipped': 0}
     ran = []
     for backend in backends:

@@ -16,8 +16,8 @@ from trytond.tests.test_tryton import (
 from trytond.transaction import Transaction
 
 from .test_engine import (
-    BASE, create_parties, create_scenario, email_activity, run_due, setting)
-from .tools import follow
+    BASE, create_scenario, email_activity, run_due, setting)
+from .tools import create_parties, follow
 
 MODULE = 'marketing_automation'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,9 +134,9 @@ class ClientTestCase(unittest.TestCase):
         activity, = scenario.activities
         record_activities = RecordActivity.search([
                 ('activity', '=', activity.id)], order=[('id', 'ASC')])
-        RecordActivity.record_filtered([record_activities[0].id])
-        RecordActivity.record_machine_open(
-            [r.id for r in record_activities[:2]])
+        RecordActivity.flag([record_activities[0].id], 'email_filtered')
+        RecordActivity.flag(
+            [r.id for r in record_activities[:2]], 'email_opened_machine')
         activity = Activity(activity.id)
         self.assertEqual(activity.email_filtered, 1)
         self.assertEqual(activity.email_opened_machine, 2)

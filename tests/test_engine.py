@@ -5,21 +5,13 @@
 The cost tests count the SQL statements sent to the database, never the
 time: the number of statements must grow with the number of batches, not
 with the number of records."""
-import collections
 import contextlib
 import datetime as dt
-import email
 import json
 import os
-import re
-import socket
 import sys
 import unittest
 from email.utils import parseaddr
-from unittest.mock import patch
-
-from sql import Literal
-from sql.operators import Concat
 
 import trytond.config as config
 from trytond.modules.marketing_automation.email_ import unsubscribe_url
@@ -30,6 +22,8 @@ from trytond.tests.test_tryton import (
 from trytond.tools import grouped_slice
 from trytond.transaction import Transaction
 
+from .tools import StatementCounter, create_parties, smtp_server
+
 MODULE = 'marketing_automation'
 TEMPLATE = (
     '<html xmlns:py="http://genshi.edgewall.org/"><body>'
@@ -39,100 +33,6 @@ TEMPLATE = (
     '<a href="unsubscribe|https://shop.example.com/bye">leave us</a></p>'
     '</body></html>')
 BASE = 'https://track.example.com'
-
-
-TRACE_WIDTH = int(os.environ.get('MA_TRACE_WIDTH', 160))
-
-
-class StatementCounter:
-    """Count the SQL statements sent through the cursors of the current
-    transaction's connection.
-
-    It patches the cursor class of the backend when it can (SQLiteCursor
-    and psycopg's LoggingCursor are Python classes). When the cursor type
-    cannot be patched, it wraps the connection's cursor() to return
-    counting proxies."""
-
-    def __init__(self):
-        self.count = 0
-        self.statements = []
-        self._stack = None
-
-    def summary(self, limit=8):
-        "Return the most repeated statements, to tell where the cost is"
-        counts = collections.Counter(
-            re.sub(r'\(.*', '', s)[:100] for s in self.statements)
-        return '\n'.join(
-            '%5d x %s' % (n, s) for s, n in counts.most_common(limit))
-
-    def _record(self, query):
-        self.count += 1
-        self.statements.append(' '.join(str(query).split())[:TRACE_WIDTH])
-
-    def __enter__(self):
-        self._stack = contextlib.ExitStack()
-        connection = Transaction().connection
-        cursor = connection.cursor()
-        Cursor = type(cursor)
-        with contextlib.suppress(Exception):
-            cursor.close()
-        counter = self
-
-        def wrap(name):
-            original = getattr(Cursor, name)
-
-            def method(cursor, query, *args, **kwargs):
-                counter._record(query)
-                return original(cursor, query, *args, **kwargs)
-            return method
-        try:
-            for name in ('execute', 'executemany'):
-                self._stack.enter_context(
-                    patch.object(Cursor, name, wrap(name)))
-        except (TypeError, AttributeError):
-            self._stack.close()
-            self._stack = contextlib.ExitStack()
-            cursor_factory = connection.cursor
-
-            def proxy_cursor(*args, **kwargs):
-                return _CountingCursor(
-                    cursor_factory(*args, **kwargs), counter)
-            self._stack.enter_context(
-                patch.object(connection, 'cursor', proxy_cursor))
-        return self
-
-    def __exit__(self, *exc_info):
-        self._stack.close()
-        return False
-
-
-class _CountingCursor:
-    "A proxy of a cursor that counts its statements"
-
-    def __init__(self, cursor, counter):
-        self._cursor = cursor
-        self._counter = counter
-
-    def execute(self, query, *args, **kwargs):
-        self._counter._record(query)
-        return self._cursor.execute(query, *args, **kwargs)
-
-    def executemany(self, query, *args, **kwargs):
-        self._counter._record(query)
-        return self._cursor.executemany(query, *args, **kwargs)
-
-    def __iter__(self):
-        return iter(self._cursor)
-
-    def __enter__(self):
-        self._cursor.__enter__()
-        return self
-
-    def __exit__(self, *args):
-        return self._cursor.__exit__(*args)
-
-    def __getattr__(self, name):
-        return getattr(self._cursor, name)
 
 
 @contextlib.contextmanager
@@ -159,44 +59,6 @@ def setting(section, option, value):
 def report(line):
     "Print a measured figure for the reader of the test output"
     print('[marketing_automation] ' + line, file=sys.stderr, flush=True)
-
-
-def create_parties(prefix, count, email=True, start=0):
-    """Create count parties coded prefix-NNNNNN with an e-mail address
-    each, by bulk inserts: the ORM would be too slow for thousands
-
-    Return the ids of all the parties coded prefix-*."""
-    pool = Pool()
-    Party = pool.get('party.party')
-    ContactMechanism = pool.get('party.contact_mechanism')
-    party = Party.__table__()
-    mechanism = ContactMechanism.__table__()
-    transaction = Transaction()
-    cursor = transaction.connection.cursor()
-    now = dt.datetime.now()
-    for sub_ids in grouped_slice(range(start, start + count), 500):
-        rows = [['%s %s' % (prefix, i), '%s-%06d' % (prefix, i), True,
-                transaction.user, now] for i in sub_ids]
-        cursor.execute(*party.insert(
-                [party.name, party.code, party.active,
-                    party.create_uid, party.create_date],
-                rows))
-    if email:
-        new = party.code.like(prefix + '-%') & (party.create_date == now)
-        cursor.execute(*mechanism.insert(
-                [mechanism.party, mechanism.type, mechanism.value,
-                    mechanism.active, mechanism.sequence,
-                    mechanism.create_uid, mechanism.create_date],
-                party.select(
-                    party.id, Literal('email'),
-                    Concat(party.code, Literal('@example.com')),
-                    Literal(True), Literal(10),
-                    Literal(transaction.user), Literal(now),
-                    where=new)))
-    cursor.execute(*party.select(
-            party.id, where=party.code.like(prefix + '-%'),
-            order_by=[party.id.asc]))
-    return [i for i, in cursor]
 
 
 def email_activity(**values):
@@ -244,41 +106,8 @@ def run_due():
     "Execute every due record activity by batches, without delivering"
     pool = Pool()
     RecordActivity = pool.get('marketing.automation.record.activity')
-    for record_activities in RecordActivity._due_batches():
-        RecordActivity.execute(record_activities)
-    forget_records()
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-class SMTPSink:
-    "A real SMTP server on the loopback that keeps what it receives"
-
-    def __init__(self):
-        self.messages = []
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append((
-                envelope.mail_from, list(envelope.rcpt_tos),
-                envelope.content))
-        return '250 OK'
-
-
-@contextlib.contextmanager
-def smtp_server():
-    from aiosmtpd.controller import Controller
-    sink = SMTPSink()
-    controller = Controller(sink, hostname='127.0.0.1', port=free_port())
-    controller.start()
-    try:
-        with setting('email', 'uri', 'smtp://127.0.0.1:%s' % controller.port):
-            yield sink
-    finally:
-        controller.stop()
+    for record_activities in RecordActivity.due():
+        RecordActivity.run(record_activities)
 
 
 class EngineTestCase(unittest.TestCase):
@@ -412,7 +241,7 @@ class EngineTestCase(unittest.TestCase):
         self.assertIn(an_email.marketing_automation_token, body)
 
     def measure_deliver(self, prefix, count):
-        """Compose count e-mails and return the statements to deliver
+        """Compose count emails and return the statements to deliver
         them and their Message-IDs"""
         pool = Pool()
         Email = pool.get('ir.email')
@@ -438,24 +267,22 @@ class EngineTestCase(unittest.TestCase):
 
     @with_transaction()
     def test_deliver_statements_per_email(self):
-        "Delivery costs few statements per e-mail and sends each once"
+        "Delivery costs few statements per email and sends each once"
         pool = Pool()
         Email = pool.get('ir.email')
         Scenario = pool.get('marketing.automation.scenario')
         RecordActivity = pool.get('marketing.automation.record.activity')
         transaction = Transaction()
         self.batch_size(100)
-        # Delivery commits after each e-mail: remove what it committed
+        # Delivery commits after each email: remove what it committed
         self.addCleanup(self.clean_committed, ['DW', 'DS', 'DB', 'DP'])
         with smtp_server() as sink:
             self.measure_deliver('DW', 3)  # warm the caches
-            del sink.messages[:]
+            sink.pop()
             _, small_ids, small = self.measure_deliver('DS', 20)
-            received = list(sink.messages)
-            del sink.messages[:]
+            received = list(zip(sink.envelopes, sink.pop()))
             scenario, big_ids, big = self.measure_deliver('DB', 200)
-            received_big = list(sink.messages)
-            del sink.messages[:]
+            received_big = list(zip(sink.envelopes, sink.pop()))
 
             # Nothing is left to send
             with StatementCounter() as again:
@@ -469,7 +296,6 @@ class EngineTestCase(unittest.TestCase):
             Scenario.trigger([processed])
             RecordActivity.process()
             self.assertEqual(len(sink.messages), 5)
-            forget_records()
             self.assertEqual(
                 {ra.state for ra in record_activities_of(processed)},
                 {'done'})
@@ -478,8 +304,8 @@ class EngineTestCase(unittest.TestCase):
 
         per_email = big / 200
         marginal = (big - small) / (200 - 20)
-        report('deliver: 20 e-mails: %s statements, 200 e-mails: %s '
-            'statements, %.2f per e-mail, %.2f marginal; empty outbox: %s'
+        report('deliver: 20 emails: %s statements, 200 emails: %s '
+            'statements, %.2f per email, %.2f marginal; empty outbox: %s'
             % (small, big, per_email, marginal, again.count))
         self.assertLessEqual(
             per_email, 3, msg=self.counters['DB-deliver'].summary())
@@ -490,13 +316,10 @@ class EngineTestCase(unittest.TestCase):
         for messages, expected in [
                 (received, small_ids), (received_big, big_ids)]:
             self.assertEqual(len(messages), len(expected))
-            message_ids = [
-                email.message_from_bytes(content)['Message-ID']
-                for _, _, content in messages]
+            message_ids = [m['Message-ID'] for _, m in messages]
             self.assertEqual(len(set(message_ids)), len(message_ids))
             self.assertEqual(set(message_ids), set(expected))
-            for mail_from, rcpt_tos, content in messages:
-                message = email.message_from_bytes(content)
+            for (mail_from, rcpt_tos), message in messages:
                 recipient, unsubscribe = expected[message['Message-ID']]
                 # The activity's sender on behalf of the configured one
                 self.assertEqual(message['From'], 'shop@example.com')
@@ -560,7 +383,7 @@ class EngineTestCase(unittest.TestCase):
             ['GW', 'G1', 'G2', 'G1E', 'G2E'])
         with smtp_server() as sink:
             self.measure_deliver('GW', 3)
-            del sink.messages[:]
+            sink.pop()
             figures = {}
             for prefix, count in [('G1', 1000), ('G2', 10000)]:
                 enrol = self.measure_enrol(prefix + 'E', count)
@@ -569,7 +392,7 @@ class EngineTestCase(unittest.TestCase):
                     Email.marketing_automation_deliver()
                 Transaction().commit()
                 self.assertEqual(len(sink.messages), count)
-                del sink.messages[:]
+                sink.pop()
                 figures[count] = (enrol, execute, deliver.count)
         for count, (enrol, execute, deliver) in figures.items():
             report('batch size %s, %s records: enrol %s statements, '
@@ -649,14 +472,14 @@ class EngineTestCase(unittest.TestCase):
         Scenario.trigger([stopped, running])
         Scenario.stop([stopped])
 
-        due = {ra for batch in RecordActivity._due_batches() for ra in batch}
+        due = {ra for batch in RecordActivity.due() for ra in batch}
         self.assertFalse(due & set(record_activities_of(stopped)))
         self.assertEqual(
             due & set(record_activities_of(running)),
             set(record_activities_of(running)))
 
         stopped_activities = record_activities_of(stopped)
-        RecordActivity.execute(stopped_activities)
+        RecordActivity.run(stopped_activities)
         self.assertEqual(
             {ra.state for ra in record_activities_of(stopped)}, {'waiting'})
 
@@ -679,7 +502,6 @@ class EngineTestCase(unittest.TestCase):
 
         Record.block([blocked])
         Record.block([Record(blocked.id)])
-        forget_records()
         blocked = Record(blocked.id)
 
         self.assertTrue(blocked.blocked)
@@ -694,7 +516,7 @@ class EngineTestCase(unittest.TestCase):
             Party(blocked.record.id).marketing_scenario_unsubscribed,
             (scenario,))
 
-        due = {ra for batch in RecordActivity._due_batches() for ra in batch}
+        due = {ra for batch in RecordActivity.due() for ra in batch}
         self.assertFalse(due & set(blocked.record_activities))
 
         # The party is unsubscribed: deleting its record does not enrol it
@@ -706,7 +528,7 @@ class EngineTestCase(unittest.TestCase):
 
     @with_transaction()
     def test_party_without_email_fails_alone(self):
-        "A party without e-mail fails its record activity and no other"
+        "A party without email fails its record activity and no other"
         pool = Pool()
         Scenario = pool.get('marketing.automation.scenario')
         Email = pool.get('ir.email')
@@ -777,7 +599,7 @@ class EngineTestCase(unittest.TestCase):
 
     @with_transaction()
     def test_click_without_open(self):
-        "A click on an e-mail not opened opens it too, once"
+        "A click on an email not opened opens it too, once"
         pool = Pool()
         Scenario = pool.get('marketing.automation.scenario')
         RecordActivity = pool.get('marketing.automation.record.activity')
@@ -806,7 +628,6 @@ class EngineTestCase(unittest.TestCase):
         self.assertFalse(clicked.email_opened)
         before = dt.datetime.now().replace(microsecond=0)
         RecordActivity.on_email_clicked([clicked])
-        forget_records()
 
         def snapshot():
             return sorted(
@@ -846,7 +667,6 @@ class EngineTestCase(unittest.TestCase):
         first = snapshot()
         RecordActivity.on_email_clicked([RecordActivity(clicked.id)])
         RecordActivity.on_email_opened([RecordActivity(clicked.id)])
-        forget_records()
         self.assertEqual(snapshot(), first)
         self.assertEqual(len(record_activities_of(scenario)), 2 * 5)
 

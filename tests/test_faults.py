@@ -2,12 +2,14 @@
 # this repository contains the full copyright notices and license terms.
 """Fault injection: nothing lost, nothing sent twice
 
-The e-mails travel over SMTP on the loopback to a real aiosmtpd server that
+The emails travel over SMTP on the loopback to a real aiosmtpd server that
 is stopped, answers 4xx or 5xx, or drops the connection in the middle of a
 message. The processing runs in real subprocesses (tests/faults/helper.py,
 trytond-worker, trytond-cron) against a database of their own, because the
-delivery commits after every e-mail: the rollback isolation of the other
+delivery commits after every email: the rollback isolation of the other
 tests cannot hold it. Some of those processes are killed with SIGKILL.
+Each process runs in a process group of its own that its test stops whole,
+with the children it started.
 
 Each test prints one line:
     fault <name>: due=… delivered=… failed=… lost=… duplicated=…
@@ -15,7 +17,6 @@ where delivered counts the distinct recipients the server accepted a
 message for, failed the record activities that show a failed state with an
 error, lost = due - delivered - failed and duplicated the messages the server
 accepted beyond the first one for a recipient."""
-import asyncio
 import email
 import email.policy
 import json
@@ -34,14 +35,16 @@ from collections import Counter
 from email.utils import parseaddr
 from urllib.parse import urlsplit
 
-from aiosmtpd.controller import Controller
+from .tools import (
+    DROP, SMTPServer, logging_config, run_process, start_process, stop_process)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELPER = os.path.join(HERE, 'faults', 'helper.py')
 BIN = os.path.dirname(sys.executable)
 DATABASE_URI = os.environ.get('TRYTOND_DATABASE__URI', 'sqlite://')
 BACKEND = urlsplit(DATABASE_URI).scheme.split('+')[0] or 'sqlite'
-DROP = object()
+# The crash test kills at random points chosen with this seed
+SEED = int(os.environ.get('MA_FAULT_SEED', 20261128))
 # The condition fails to evaluate on a party whose code is not a number
 CONDITION = json.dumps({
         '__class__': 'Greater',
@@ -51,108 +54,51 @@ CONDITION = json.dumps({
         })
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def _environ():
     "The environment of the subprocesses: only the config file counts"
     return {k: v for k, v in os.environ.items()
         if not k.startswith('TRYTOND_') and k not in {'DB_NAME', 'DB_CACHE'}}
 
 
-class _Handler:
+class FaultySMTPServer(SMTPServer):
+    """The SMTP server of the tests, whose faults the test chooses
 
-    def __init__(self, server):
-        self.server = server
-
-    async def handle_RCPT(
-            self, server, session, envelope, address, rcpt_options):
-        answer = self.server.on_rcpt(address)
-        if answer:
-            return answer
-        envelope.rcpt_tos.append(address)
-        return '250 OK'
-
-    async def handle_DATA(self, server, session, envelope):
-        message = email.message_from_bytes(
-            envelope.original_content or envelope.content,
-            policy=email.policy.default)
-        if self.server.delay:
-            await asyncio.sleep(self.server.delay)
-        answer = self.server.on_data(message)
-        if answer is DROP:
-            # Hang up before answering: the client cannot know
-            server.transport.close()
-            return '421 Closing'
-        if answer:
-            return answer
-        self.server.receive(message)
-        return '250 Message accepted for delivery'
-
-
-class SMTPServer:
-    """A real SMTP server on the loopback whose faults the test chooses
-
-    rcpt(address) and data(message, count) may return an SMTP answer, or
-    DROP for data, to refuse what the server would otherwise accept."""
+    rcpt(address, count) and data(to, total) may return an SMTP answer, or
+    DROP for data, to refuse what the server would otherwise accept; count
+    is the calls for that address and total the messages so far."""
 
     def __init__(self, rcpt=None, data=None, delay=0):
-        self.port = free_port()
-        self.rcpt, self.data, self.delay = rcpt, data, delay
-        self.received = []
+        super().__init__(delay=delay)
+        self.rcpt, self.data = rcpt, data
         self.faulted = set()
         self.data_calls = Counter()
         self.rcpt_calls = Counter()
-        self._lock = threading.Lock()
-        self._controller = None
 
-    def start(self):
-        self._controller = Controller(
-            _Handler(self), hostname='127.0.0.1', port=self.port)
-        self._controller.start()
-        return self
-
-    def stop(self):
-        if self._controller:
-            self._controller.stop()
-            self._controller = None
-
-    def on_rcpt(self, address):
+    def answer_rcpt(self, address):
         with self._lock:
             self.rcpt_calls[address] += 1
             count = self.rcpt_calls[address]
-        if self.rcpt:
-            answer = self.rcpt(address, count)
-            if answer:
-                with self._lock:
-                    self.faulted.add(address)
-            return answer
+        answer = self.rcpt and self.rcpt(address, count)
+        if answer:
+            with self._lock:
+                self.faulted.add(address)
+        return answer
 
-    def on_data(self, message):
-        to = parseaddr(str(message['To']))[1]
+    def answer_data(self, sender, recipients, content):
+        to = recipients[0]
         with self._lock:
             self.data_calls[to] += 1
             total = sum(self.data_calls.values())
-        if self.data:
-            answer = self.data(to, total)
-            if answer:
-                with self._lock:
-                    self.faulted.add(to)
-            return answer
-
-    def receive(self, message):
-        with self._lock:
-            self.received.append((
-                    parseaddr(str(message['To']))[1],
-                    str(message['Message-ID'])))
+        answer = self.data and self.data(to, total)
+        if answer:
+            with self._lock:
+                self.faulted.add(to)
+        return answer
 
     @property
     def recipients(self):
         with self._lock:
-            return Counter(to for to, _ in self.received)
+            return Counter(r for _, rs in self.envelopes for r in rs)
 
 
 class MarketingAutomationFaultTestCase(unittest.TestCase):
@@ -171,13 +117,16 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
             cls.databases.append(cls.template)
         else:
             open(cls._sqlite_path(cls.template), 'w').close()
-        conf = cls._write_conf('admin', smtp_port=free_port())
-        process = subprocess.run([
+        cls.logconf = logging_config(cls.directory)
+        conf = cls._write_conf('admin')
+        process = run_process([
                 os.path.join(BIN, 'trytond-admin'), '-c', conf,
                 '-d', cls.template, '--all', '-u', 'marketing_automation',
-                '--activate-dependencies', '--email', 'admin@example.com'],
+                '--activate-dependencies', '--email', 'admin@example.com',
+                '--logconf', cls.logconf],
             env=dict(_environ(), TRYTONPASSFILE=cls.password),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            timeout=600)
         if process.returncode:
             raise RuntimeError(
                 'trytond-admin failed:\n' + process.stdout[-3000:])
@@ -206,7 +155,8 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
         return os.path.join(cls.directory, name + '.sqlite')
 
     @classmethod
-    def _write_conf(cls, name, smtp_port, **marketing):
+    def _write_conf(cls, name, smtp_port=None, **marketing):
+        "Write a configuration; with no smtp_port, no email may be sent"
         marketing.setdefault('automation_base', 'http://example.com')
         marketing.setdefault('automation_retry_delay', 60)
         worker = marketing.pop('worker', False)
@@ -217,8 +167,9 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
             database = 'uri = sqlite://\npath = %s\n' % cls.directory
         with open(path, 'w') as file:
             file.write('[database]\n' + database)
-            file.write('[email]\nuri = smtp://127.0.0.1:%s\n'
-                'from = marketing@example.com\n' % smtp_port)
+            if smtp_port:
+                file.write('[email]\nuri = smtp://127.0.0.1:%s\n'
+                    'from = marketing@example.com\n' % smtp_port)
             file.write('[marketing]\n' + ''.join(
                     '%s = %s\n' % i for i in marketing.items()))
             file.write('[queue]\nworker = %s\n' % worker)
@@ -237,7 +188,7 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
         return name
 
     def _server(self, **kwargs):
-        server = SMTPServer(**kwargs)
+        server = FaultySMTPServer(**kwargs)
         self.addCleanup(server.stop)
         return server
 
@@ -247,7 +198,7 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
 
     def helper(self, conf, database, command, **args):
         "Run a step in a subprocess and return its result"
-        process = subprocess.run(
+        process = run_process(
             self._helper_command(conf, database, command, **args),
             env=_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, timeout=300)
@@ -262,46 +213,33 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
                 command, returncode, stdout[-2000:], stderr[-4000:]))
 
     def spawn(self, conf, database, command, **args):
-        process = subprocess.Popen(
+        "Start a step in a subprocess that the test stops at its end"
+        process = start_process(
             self._helper_command(conf, database, command, **args),
             env=_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True)
-        self.addCleanup(self._kill, process)
+        self.addCleanup(stop_process, process)
         return process
-
-    def _kill(self, process):
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
 
     def _spawn_trytond(self, program, conf, database, *options):
         log = open(os.path.join(self.directory, '%s-%s.log' % (
                     program, time.monotonic_ns())), 'w+')
         self.addCleanup(log.close)
-        process = subprocess.Popen(
-            [os.path.join(BIN, program), '-c', conf, '-d', database]
-            + list(options),
+        process = start_process(
+            [os.path.join(BIN, program), '-c', conf, '-d', database,
+                '--logconf', self.logconf] + list(options),
             env=_environ(), stdout=log, stderr=subprocess.STDOUT)
-        self.addCleanup(self._stop, process)
+        self.addCleanup(stop_process, process)
         return process, log
 
-    def _stop(self, process):
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
     def mails(self, stats):
-        "Return the record activities of the e-mail activity"
+        "Return the record activities of the email activity"
         return [a for a in stats['activities'] if a['activity'] == 'Mail']
 
     def figures(self, name, stats, server, due=None, allowed=0):
         """Print and check the figures of the fault run
 
-        due are the parties whose e-mail is due."""
+        due are the parties whose email is due."""
         mails = self.mails(stats)
         if due is None:
             due = {m['party'] for m in mails}
@@ -315,12 +253,12 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
         print('fault %s: due=%s delivered=%s failed=%s lost=%s '
             'duplicated=%s' % (name, len(due), len(delivered), len(failed),
                 len(lost), duplicated), file=sys.stderr, flush=True)
-        self.assertEqual(lost, set(), msg='lost e-mails')
-        self.assertLessEqual(duplicated, allowed, msg='duplicated e-mails')
+        self.assertEqual(lost, set(), msg='lost emails')
+        self.assertLessEqual(duplicated, allowed, msg='duplicated emails')
         self.assertFalse(delivered & failed,
-            msg='delivered e-mails shown as failed')
+            msg='delivered emails shown as failed')
         self.assertFalse(set(received) - set(address),
-            msg='e-mails to unexpected recipients')
+            msg='emails to unexpected recipients')
         return delivered, failed, duplicated
 
     def outbox(self, stats, status=None):
@@ -328,11 +266,11 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
             if status is None or e['status'] == status]
 
     def by_party(self, stats):
-        "Return the outbox e-mail of each party"
+        "Return the outbox email of each party"
         result = {}
         for row in stats['emails']:
             party = parseaddr(row['to'])[1].split('@')[0]
-            self.assertNotIn(party, result, msg='two e-mails composed')
+            self.assertNotIn(party, result, msg='two emails composed')
             result[party] = row
         return result
 
@@ -359,10 +297,10 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
         for mail in self.mails(stats):
             self.assertEqual(mail['state'], 'done')
 
-        # The server is back, but the e-mails wait for their next try
+        # The server is back, but the emails wait for their next try
         server.start()
         self.helper(conf, database, 'process')
-        self.assertEqual(server.received, [])
+        self.assertEqual(server.messages, [])
         stats = self.helper(conf, database, 'stats')
         self.assertEqual(
             {r['attempts'] for r in self.outbox(stats)}, {1})
@@ -377,7 +315,7 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
         self.assertEqual(len(delivered), 20)
 
     def _transient(self, name, data, count):
-        "Run a delivery where data() refuses count e-mails once"
+        "Run a delivery where data() refuses count emails once"
         server = self._server(data=data).start()
         database = self._database()
         conf = self._write_conf(database, server.port)
@@ -397,7 +335,7 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
         self.assertEqual(
             set(outbox) - pending,
             {p for p, r in outbox.items() if r['status'] == 'sent'})
-        self.assertEqual(len(server.received), 20 - count)
+        self.assertEqual(len(server.messages), 20 - count)
 
         self.helper(conf, database, 'make-due')
         self.helper(conf, database, 'process')
@@ -421,14 +359,14 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
             5)
 
     def test_fault_smtp_drop(self):
-        "The server hangs up after the DATA: that e-mail waits, others go"
+        "The server hangs up after the DATA: that email waits, others go"
         # The 3rd, and the 8th and 9th in a row, over a new connection
         drops = {3, 8, 9}
         self._transient('smtp_drop',
             lambda to, total: DROP if total in drops else None, len(drops))
 
     def test_fault_smtp_drop_mid_data(self):
-        "A raw server hangs up in the middle of the DATA of some e-mails"
+        "A raw server hangs up in the middle of the DATA of some emails"
         server = MidDataServer(drop={2, 6}).start()
         self.addCleanup(server.stop)
         database = self._database()
@@ -445,7 +383,7 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
         for party in pending:
             self.assertEqual(outbox[party]['attempts'], 1)
             self.assertTrue(outbox[party]['error'])
-        self.assertEqual(len(server.received), 8)
+        self.assertEqual(len(server.messages), 8)
 
         self.helper(conf, database, 'make-due')
         self.helper(conf, database, 'process')
@@ -455,7 +393,7 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
         self.assertEqual(len(delivered), 10)
 
     def test_fault_smtp_permanent(self):
-        "5xx answers fail the e-mail, visibly, and cancel what follows"
+        "5xx answers fail the email, visibly, and cancel what follows"
         server = self._server(
             rcpt=lambda address, count: (
                 '550 5.1.1 No such user' if address.startswith('p0003@')
@@ -517,7 +455,7 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
         self.assertEqual((len(delivered), len(failed)), (9, 1))
 
     def test_fault_isolation(self):
-        "A raising template, a party without e-mail and a broken condition"
+        "A raising template, a party without email and a broken condition"
         server = self._server().start()
         database = self._database()
         conf = self._write_conf(database, server.port)
@@ -538,7 +476,7 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
             if party not in bad:
                 self.assertEqual(state['state'], 'done', msg=party)
         # The others are sent in the same run
-        self.assertEqual(len(server.received), 17)
+        self.assertEqual(len(server.messages), 17)
 
         # And the failed ones are not retried
         self.helper(conf, database, 'process')
@@ -553,26 +491,25 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
         self.assertEqual((len(delivered), len(failed)), (17, 3))
 
     def test_fault_crash(self):
-        "SIGKILL at random points of a run of hundreds of e-mails"
+        "SIGKILL at random points of a run of hundreds of emails"
         count, kills = 300, 3
-        seed = int(os.environ.get('MA_FAULT_SEED', time.time()))
-        rng = random.Random(seed)
+        rng = random.Random(SEED)
         server = self._server(delay=0.004).start()
         database = self._database()
         conf = self._write_conf(database, server.port,
             automation_claim_size=50)
         self.helper(conf, database, 'setup', parties=count)
-        print('fault crash: seed=%s' % seed, file=sys.stderr)
+        print('fault crash: seed=%s (MA_FAULT_SEED)' % SEED, file=sys.stderr)
 
         for kill in range(1, kills + 1):
-            before = len(server.received)
+            before = len(server.messages)
             process = self.spawn(conf, database, 'process')
             self.assertEqual(process.stdout.readline().strip(), '@@ready')
             started = time.monotonic()
             if kill > 1:
                 # The first kill falls anywhere, the others in the sending
                 deadline = started + 60
-                while (len(server.received) == before
+                while (len(server.messages) == before
                         and process.poll() is None
                         and time.monotonic() < deadline):
                     time.sleep(0.01)
@@ -581,15 +518,15 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
             pause = time.monotonic() - started
             killed = process.poll() is None
             if killed:
-                process.send_signal(signal.SIGKILL)
+                os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
             stats = self.helper(conf, database, 'stats')
             status = Counter(r['status'] for r in self.outbox(stats))
             received = server.recipients
             print('fault crash kill %s: after %.2fs killed=%s '
                 'received=%s (+%s) duplicated=%s outbox=%s' % (
-                    kill, pause, killed, len(server.received),
-                    len(server.received) - before,
+                    kill, pause, killed, len(server.messages),
+                    len(server.messages) - before,
                     sum(received.values()) - len(received), dict(status)),
                 file=sys.stderr)
             self.assertLessEqual(
@@ -605,7 +542,7 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
         delivered, _, duplicated = self.figures(
             'crash', stats, server, allowed=kills)
         self.assertEqual(len(delivered), count)
-        # Only the e-mail in the SMTP transaction may go twice
+        # Only the email in the SMTP transaction may go twice
         self.assertLessEqual(max(server.recipients.values()), 2)
 
     @unittest.skipIf(BACKEND != 'postgresql',
@@ -702,7 +639,7 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
         "Two Scenario.trigger at once enrol no record twice"
         count = 300
         database = self._database()
-        conf = self._write_conf(database, free_port())
+        conf = self._write_conf(database)
         self.helper(conf, database, 'setup', parties=count, trigger=False)
         start_at = time.time() + 2
         runs = [self.spawn(conf, database, 'trigger', start_at=start_at)
@@ -738,18 +675,16 @@ class MidDataServer:
 
     def __init__(self, drop):
         self.drop = drop
-        self.port = free_port()
-        self.received = []
+        self.messages = []
         self.faulted = set()
         self.count = 0
         self._lock = threading.Lock()
-        self._socket = None
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.bind(('127.0.0.1', 0))
+        self.port = self._socket.getsockname()[1]
         self._thread = None
 
     def start(self):
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind(('127.0.0.1', self.port))
         self._socket.listen(5)
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -814,9 +749,7 @@ class MidDataServer:
                     message = email.message_from_bytes(
                         b''.join(data[:-1]), policy=email.policy.default)
                     with self._lock:
-                        self.received.append((
-                                parseaddr(str(message['To']))[1],
-                                str(message['Message-ID'])))
+                        self.messages.append(message)
                     answer('250 Queued')
                 else:
                     answer('502 Not implemented')
@@ -829,4 +762,5 @@ class MidDataServer:
     @property
     def recipients(self):
         with self._lock:
-            return Counter(to for to, _ in self.received)
+            return Counter(
+                parseaddr(str(m['To']))[1] for m in self.messages)

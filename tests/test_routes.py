@@ -15,7 +15,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,8 +39,8 @@ from trytond.tests.test_tryton import DB_NAME, activate_module, drop_db
 from trytond.transaction import Transaction
 
 from .tools import (
-    BROWSER, follow, open_images, restore_configuration, start_smtp_server,
-    tracked, unsubscribe_links)
+    BROWSER, follow, free_port, open_images, restore_configuration,
+    start_process, start_smtp_server, stop_process, tracked, unsubscribe_links)
 
 MODULE = 'marketing_automation'
 BASE = 'http://track.example.com'
@@ -53,7 +52,7 @@ TEMPLATE = (
     '<p><a href="unsubscribe">Unsubscribe</a> or '
     '<a href="unsubscribe|https://shop.example.com/bye">leave us</a></p>'
     '</body></html>')
-# Apple Mail Privacy Protection, a machine open in bots.txt
+# Apple Mail Privacy Protection, a machine open of scanner.py
 MACHINE = 'Mozilla/5.0'
 SCANNER = 'Mozilla/5.0 (compatible; Barracuda Sentinel)'
 METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'OPTIONS', 'PATCH']
@@ -820,12 +819,6 @@ print(json.dumps({
 '''
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
 def executable(name):
     return os.path.join(os.path.dirname(sys.executable), name)
 
@@ -920,18 +913,10 @@ class StormTestCase(unittest.TestCase):
         log = open(os.path.join(self.directory, 'trytond.log'), 'wb')
         self.addCleanup(log.close)
         env = dict(self.env, TRYTOND_DATABASE_NAMES=self.database)
-        server = subprocess.Popen([
+        server = start_process([
                 executable('trytond'), '-c', self.config_file],
             env=env, stdout=log, stderr=subprocess.STDOUT)
-
-        def stop():
-            server.terminate()
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-        self.addCleanup(stop)
+        self.addCleanup(stop_process, server, 20)
         end = time.monotonic() + 120
         while time.monotonic() < end:
             if server.poll() is not None:

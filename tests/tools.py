@@ -1,38 +1,74 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
-"""Helpers for the scenarios: a real SMTP server, the tracked links of the
-e-mails and trytond's real WSGI application.
+"""What the tests and the benchmarks share: a real SMTP server, the tracked
+links of the emails, trytond's real WSGI application, a counter of SQL
+statements, the logging of trytond processes and the processes themselves.
 
-Nothing here is a mock: the e-mails travel over SMTP on the loopback and the
+Nothing here is a mock: the emails travel over SMTP on the loopback and the
 links are followed through the routes that trytond serves."""
+import asyncio
+import collections
+import contextlib
+import datetime as dt
 import email
 import email.policy
+import os
+import re
+import signal
 import socket
+import subprocess
 import threading
+from unittest.mock import patch
 from urllib.parse import urlsplit
 
 from aiosmtpd.controller import Controller
 from lxml import html as lxml_html
+from sql import Literal
+from sql.operators import Concat
 
 import trytond.config as config
+from trytond.pool import Pool
+from trytond.tools import grouped_slice
+from trytond.transaction import Transaction
 
 __all__ = [
     'AUTOMATION_BASE', 'SMTPServer', 'start_smtp_server', 'configure',
     'restore_configuration', 'follow', 'links', 'html_part', 'text_part',
-    'tracked', 'open_images', 'unsubscribe_links']
+    'tracked', 'open_images', 'unsubscribe_links', 'DROP', 'smtp_server',
+    'StatementCounter', 'create_parties', 'logging_config', 'start_process',
+    'stop_process', 'run_process', 'free_port']
 
 AUTOMATION_BASE = 'http://example.com'
 EMAIL_FROM = 'marketing@example.com'
 # The routes tell people from link scanners by their User-Agent
 BROWSER = (
     'Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0')
+# An answer of SMTPServer.answer_data: hang up instead of answering
+DROP = object()
+TRACE_WIDTH = int(os.environ.get('MA_TRACE_WIDTH', 160))
 
 
 def free_port(hostname='127.0.0.1'):
-    "Return a TCP port that nobody listens to on hostname"
+    """Return a TCP port that nobody listens to on hostname, for a server
+    that binds its port itself (trytond): another process may take it
+    before, so a server of ours binds port 0 instead"""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((hostname, 0))
         return sock.getsockname()[1]
+
+
+class _Controller(Controller):
+    "aiosmtpd's Controller listening on a socket bound beforehand"
+
+    def __init__(self, handler, sock):
+        hostname, port = sock.getsockname()[:2]
+        super().__init__(handler, hostname=hostname, port=port)
+        self.socket = sock
+
+    def _create_server(self):
+        # The hook of aiosmtpd for where the server listens
+        return self.loop.create_server(
+            self._factory_invoker, sock=self.socket)
 
 
 class _Handler:
@@ -40,27 +76,58 @@ class _Handler:
     def __init__(self, server):
         self.server = server
 
+    async def handle_RCPT(
+            self, server, session, envelope, address, rcpt_options):
+        answer = self.server.answer_rcpt(address)
+        if answer:
+            return answer
+        envelope.rcpt_tos.append(address)
+        return '250 OK'
+
     async def handle_DATA(self, server, session, envelope):
-        message = email.message_from_bytes(
-            envelope.original_content or envelope.content,
-            policy=email.policy.default)
-        self.server._receive(envelope.mail_from, envelope.rcpt_tos, message)
+        if self.server.delay:
+            await asyncio.sleep(self.server.delay)
+        content = envelope.original_content or envelope.content
+        answer = self.server.answer_data(
+            envelope.mail_from, envelope.rcpt_tos, content)
+        if answer is DROP:
+            # Hang up before answering: the client cannot know
+            server.transport.close()
+            return '421 Closing'
+        if answer:
+            return answer
+        self.server.receive(envelope.mail_from, envelope.rcpt_tos, content)
         return '250 Message accepted for delivery'
 
 
 class SMTPServer:
     """An SMTP server on the loopback that keeps the messages it receives
 
-    messages is the list of the received e-mail.message.EmailMessage and
-    envelopes the list of their (sender, recipients)."""
+    messages is the list of the received email.message.EmailMessage and
+    envelopes the list of their (sender, recipients).
 
-    def __init__(self, hostname='127.0.0.1', port=None):
+    Its port is bound from its creation, on port 0 unless port is given, so
+    that no other process takes it: until start() the connections to it
+    are refused, as to a server that is down. delay is the seconds it waits
+    before answering a message. A subclass may refuse what it would accept
+    by overriding answer_rcpt and answer_data, or keep other things than
+    the messages by overriding receive."""
+
+    def __init__(self, hostname='127.0.0.1', port=None, delay=0):
         self.hostname = hostname
-        self.port = port or free_port(hostname)
+        self.delay = delay
         self.messages = []
         self.envelopes = []
         self._lock = threading.Lock()
         self._controller = None
+        self._socket = self._bind(port or 0)
+        self.port = self._socket.getsockname()[1]
+
+    def _bind(self, port):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.hostname, port))
+        return sock
 
     @property
     def uri(self):
@@ -72,8 +139,11 @@ class SMTPServer:
 
     def start(self):
         if self._controller is None:
-            controller = Controller(
-                _Handler(self), hostname=self.hostname, port=self.port)
+            if self._socket is None:
+                # Stopped: the server closed the socket
+                self._socket = self._bind(self.port)
+            controller = _Controller(_Handler(self), self._socket)
+            self._socket = None
             controller.start()
             self._controller = controller
         return self
@@ -82,8 +152,20 @@ class SMTPServer:
         if self._controller is not None:
             self._controller.stop()
             self._controller = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
 
-    def _receive(self, sender, recipients, message):
+    def answer_rcpt(self, address):
+        "Return the SMTP answer to refuse the recipient address"
+
+    def answer_data(self, sender, recipients, content):
+        "Return the SMTP answer, or DROP, to refuse the message"
+
+    def receive(self, sender, recipients, content):
+        "Keep the message that the server accepted"
+        message = email.message_from_bytes(
+            content, policy=email.policy.default)
         with self._lock:
             self.messages.append(message)
             self.envelopes.append((sender, list(recipients)))
@@ -156,6 +238,21 @@ def restore_configuration():
     _saved.clear()
 
 
+@contextlib.contextmanager
+def smtp_server(**kwargs):
+    "Run an SMTPServer and send trytond's emails to it during the block"
+    uri = config.get('email', 'uri')
+    with SMTPServer(**kwargs) as server:
+        config.set('email', 'uri', server.uri)
+        try:
+            yield server
+        finally:
+            if uri is None:
+                _remove_option('email', 'uri')
+            else:
+                config.set('email', 'uri', uri)
+
+
 def _client():
     from werkzeug.test import Client
 
@@ -174,7 +271,7 @@ def path(url):
 
 
 def follow(url, data=None, method=None, user_agent=BROWSER, headers=None):
-    """Follow the url of an e-mail on trytond's WSGI application, as the
+    """Follow the url of an email on trytond's WSGI application, as the
     browser of user_agent does
 
     It is a GET, or a POST of the form data when data is given.
@@ -227,3 +324,224 @@ def open_images(message):
 def unsubscribe_links(message):
     "Return the unsubscribe URLs of message"
     return [u for u in links(message) if _kind(u) == 'u']
+
+
+class StatementCounter:
+    """Count the SQL statements sent through the cursors of the current
+    transaction's connection during the block; executemany counts one, as
+    execute
+
+    It patches the cursor class of the backend when it can (SQLiteCursor
+    and psycopg's LoggingCursor are Python classes), so that it counts the
+    statements of every connection until the end of the block. When the
+    cursor type cannot be patched, it wraps the connection's cursor() to
+    return counting proxies.
+
+    statements keeps the text of each statement for summary(), unless keep
+    is false: the benchmarks only count."""
+
+    def __init__(self, keep=True):
+        self.count = 0
+        self.statements = []
+        self.keep = keep
+        self._stack = None
+
+    def summary(self, limit=8):
+        "Return the most repeated statements, to tell where the cost is"
+        counts = collections.Counter(
+            re.sub(r'\(.*', '', s)[:100] for s in self.statements)
+        return '\n'.join(
+            '%5d x %s' % (n, s) for s, n in counts.most_common(limit))
+
+    def _record(self, query):
+        self.count += 1
+        if self.keep:
+            self.statements.append(
+                ' '.join(str(query).split())[:TRACE_WIDTH])
+
+    def __enter__(self):
+        self._stack = contextlib.ExitStack()
+        connection = Transaction().connection
+        cursor = connection.cursor()
+        Cursor = type(cursor)
+        with contextlib.suppress(Exception):
+            cursor.close()
+        counter = self
+
+        def wrap(name):
+            original = getattr(Cursor, name)
+
+            def method(cursor, query, *args, **kwargs):
+                counter._record(query)
+                return original(cursor, query, *args, **kwargs)
+            return method
+        try:
+            for name in ('execute', 'executemany'):
+                self._stack.enter_context(
+                    patch.object(Cursor, name, wrap(name)))
+        except (TypeError, AttributeError):
+            self._stack.close()
+            self._stack = contextlib.ExitStack()
+            cursor_factory = connection.cursor
+
+            def proxy_cursor(*args, **kwargs):
+                return _CountingCursor(
+                    cursor_factory(*args, **kwargs), counter)
+            self._stack.enter_context(
+                patch.object(connection, 'cursor', proxy_cursor))
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stack.close()
+        return False
+
+
+class _CountingCursor:
+    "A proxy of a cursor that counts its statements"
+
+    def __init__(self, cursor, counter):
+        self._cursor = cursor
+        self._counter = counter
+
+    def execute(self, query, *args, **kwargs):
+        self._counter._record(query)
+        return self._cursor.execute(query, *args, **kwargs)
+
+    def executemany(self, query, *args, **kwargs):
+        self._counter._record(query)
+        return self._cursor.executemany(query, *args, **kwargs)
+
+    def __iter__(self):
+        return iter(self._cursor)
+
+    def __enter__(self):
+        self._cursor.__enter__()
+        return self
+
+    def __exit__(self, *args):
+        return self._cursor.__exit__(*args)
+
+    def __getattr__(self, name):
+        return getattr(self._cursor, name)
+
+
+def create_parties(prefix, count, email=True, start=0):
+    """Create count parties coded prefix-NNNNNN with an email address
+    each, by bulk inserts: the ORM would be too slow for thousands
+
+    Return the ids of all the parties coded prefix-*."""
+    pool = Pool()
+    Party = pool.get('party.party')
+    ContactMechanism = pool.get('party.contact_mechanism')
+    party = Party.__table__()
+    mechanism = ContactMechanism.__table__()
+    transaction = Transaction()
+    cursor = transaction.connection.cursor()
+    now = dt.datetime.now()
+    for sub_ids in grouped_slice(range(start, start + count), 500):
+        rows = [['%s %s' % (prefix, i), '%s-%06d' % (prefix, i), True,
+                transaction.user, now] for i in sub_ids]
+        cursor.execute(*party.insert(
+                [party.name, party.code, party.active,
+                    party.create_uid, party.create_date],
+                rows))
+    if email:
+        new = party.code.like(prefix + '-%') & (party.create_date == now)
+        cursor.execute(*mechanism.insert(
+                [mechanism.party, mechanism.type, mechanism.value,
+                    mechanism.active, mechanism.sequence,
+                    mechanism.create_uid, mechanism.create_date],
+                party.select(
+                    party.id, Literal('email'),
+                    Concat(party.code, Literal('@example.com')),
+                    Literal(True), Literal(10),
+                    Literal(transaction.user), Literal(now),
+                    where=new)))
+    cursor.execute(*party.select(
+            party.id, where=party.code.like(prefix + '-%'),
+            order_by=[party.id.asc]))
+    return [i for i, in cursor]
+
+
+LOGGING = '''\
+[loggers]
+keys = root, werkzeug
+
+[handlers]
+keys = stderr
+
+[formatters]
+keys = simple
+
+[logger_root]
+level = WARNING
+handlers = stderr
+
+[logger_werkzeug]
+level = WARNING
+handlers =
+qualname = werkzeug
+
+[handler_stderr]
+class = StreamHandler
+args = (sys.stderr,)
+formatter = simple
+
+[formatter_simple]
+format = %(asctime)s %(process)s %(levelname)s %(name)s %(message)s
+'''
+
+
+def logging_config(directory):
+    """Write the logging configuration of the trytond processes in directory
+    and return its path, for their --logconf
+
+    Warnings and errors with their tracebacks go to stderr, without the
+    log of each request."""
+    path = os.path.join(directory, 'logging.conf')
+    with open(path, 'w') as file:
+        file.write(LOGGING)
+    return path
+
+
+def start_process(command, **kwargs):
+    """Start command in a process group of its own, as subprocess.Popen
+    does, for stop_process to end it with its children"""
+    return subprocess.Popen(command, start_new_session=True, **kwargs)
+
+
+def stop_process(process, timeout=10):
+    """Stop the process group of the process that start_process started:
+    SIGTERM to the group, then SIGKILL to what is left of it once the
+    process has ended or after timeout seconds
+
+    Killing a process does not kill its children (the pool of
+    trytond-worker): they would be left running without it."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    else:
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    for stream in [process.stdin, process.stdout, process.stderr]:
+        if stream:
+            stream.close()
+
+
+def run_process(command, timeout=None, **kwargs):
+    """Run command to its end in a process group of its own, as
+    subprocess.run does, and stop what is left of the group whatever
+    happens"""
+    process = start_process(command, **kwargs)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        stop_process(process)
+    return subprocess.CompletedProcess(
+        command, process.returncode, stdout, stderr)

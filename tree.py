@@ -1,0 +1,125 @@
+# This file is part of Tryton.  The COPYRIGHT file at the top level of
+# this repository contains the full copyright notices and license terms.
+"""What runs after what: the record activities of the children of the
+activity tree
+
+The tree moves on at enrolment, when an activity runs and when an event
+happens. Each move is a constant number of statements for a whole batch."""
+import datetime as dt
+from collections import defaultdict, namedtuple
+
+from sql import Null
+
+from trytond.pool import Pool
+from trytond.tools import reduce_ids
+from trytond.transaction import Transaction
+
+from .marketing_automation import sliced, sliced_rows
+
+# A record activity done whose email an event happened to
+Event = namedtuple(
+    'Event', ['id', 'activity', 'record', 'opened', 'clicked'])
+
+
+def _table():
+    return Pool().get('marketing.automation.record.activity').__table__()
+
+
+def create_waiting(rows, now):
+    """Create the waiting record activities of the (record, activity, at)
+    rows
+
+    The ORM would insert them one by one on SQLite."""
+    table = _table()
+    transaction = Transaction()
+    cursor = transaction.connection.cursor()
+    columns = [table.record, table.activity, table.at, table.state,
+        table.email_opened, table.email_clicked,
+        table.email_opened_machine, table.email_filtered,
+        table.create_uid, table.create_date]
+    values = [[record, activity, at, 'waiting', False, False, False,
+            False, transaction.user, now]
+        for record, activity, at in rows]
+    for sub_values in sliced_rows(values, len(columns)):
+        cursor.execute(*table.insert(columns, list(sub_values)))
+
+
+def enrol(record_ids, activities, now):
+    "Schedule the root activities for the records just enrolled"
+    rows = []
+    for activity in activities:
+        at = now + (activity.delay or dt.timedelta())
+        rows.extend((i, activity.id, at) for i in record_ids)
+    create_waiting(rows, now)
+
+
+def schedule_children(record_activities, now):
+    """Create the record activities of the children of the activities that
+    just ran"""
+    rows = []
+    for record_activity in record_activities:
+        for child in record_activity.activity.children:
+            if child.event and not child.negative:
+                # It waits for its event, so it has no date yet
+                at = None
+            else:
+                at = now + (child.delay or dt.timedelta())
+            rows.append((record_activity.record.id, child.id, at))
+    create_waiting(rows, now)
+
+
+def cancel_siblings(record_activities):
+    """Cancel the positive siblings of the negative activities that ran:
+    their event did not happen in time"""
+    pool = Pool()
+    Activity = pool.get('marketing.automation.activity')
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    by_event = defaultdict(list)
+    for record_activity in record_activities:
+        activity = record_activity.activity
+        if activity.negative:
+            by_event[(str(activity.parent), activity.event)].append(
+                record_activity.record.id)
+    for (parent, event), record_ids in by_event.items():
+        siblings = Activity.search([
+                ('parent', '=', parent),
+                ('event', '=', event),
+                ('negative', '=', False),
+                ])
+        if siblings:
+            RecordActivity.cancel_waiting(record_ids, siblings)
+
+
+def move_on(events, event, at):
+    """Make the children waiting for event due and cancel their negative
+    siblings"""
+    pool = Pool()
+    Activity = pool.get('marketing.automation.activity')
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    table = _table()
+    transaction = Transaction()
+    cursor = transaction.connection.cursor()
+    positives, negatives = defaultdict(set), defaultdict(set)
+    for happened in events:
+        for child in Activity.children_events(happened.activity):
+            if child.event != event:
+                continue
+            if child.negative:
+                negatives[child.id].add(happened.record)
+            else:
+                positives[child].add(happened.record)
+    for child, record_ids in positives.items():
+        # Their date is all that changes: no transition
+        for sub_ids in sliced(sorted(record_ids)):
+            cursor.execute(*table.update(
+                    [table.at, table.write_uid, table.write_date],
+                    [at + dt.timedelta(seconds=child.delay),
+                        transaction.user, at],
+                    where=reduce_ids(table.record, sub_ids)
+                    & (table.activity == child.id)
+                    & (table.state == 'waiting')
+                    & (table.at == Null)))
+    for child_id, record_ids in negatives.items():
+        RecordActivity.cancel_waiting(sorted(record_ids), [child_id])
+    if positives:
+        RecordActivity.forget()
