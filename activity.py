@@ -3,10 +3,13 @@
 import datetime as dt
 from collections import namedtuple
 
+from babel.dates import format_timedelta
+
 from trytond.cache import Cache
 from trytond.i18n import gettext
 from trytond.model import Index, ModelSQL, ModelView, fields
 from trytond.pyson import Bool, Eval
+from trytond.transaction import Transaction
 
 from . import email_, sandbox
 from .exceptions import ConditionError, DelayError, EventError, TemplateError
@@ -66,6 +69,8 @@ class Activity(ActivityStatistics, ModelSQL, ModelView):
         help="How long to wait before running the activity, in days and "
         "hours:minutes: \"2d 04:30\" is two days and four and a half "
         "hours, \"00:15\" a quarter of an hour.")
+    delay_text = fields.Function(
+        fields.Char("Delay"), 'get_delay_text')
     action = fields.Selection([
             (None, ""),
             ('send_email', "Send Email"),
@@ -103,7 +108,7 @@ class Activity(ActivityStatistics, ModelSQL, ModelView):
     @classmethod
     def view_attributes(cls):
         return super().view_attributes() + [
-            ('//page[@id="email"]', 'states', {
+            ('//group[@id="email"]', 'states', {
                     'invisible': Eval('action') != 'send_email',
                     }),
             ]
@@ -154,6 +159,25 @@ class Activity(ActivityStatistics, ModelSQL, ModelView):
         while isinstance(parent, Activity):
             parent = parent.parent
         return parent.id if parent else None
+
+    def get_delay_text(self, name):
+        "The delay in words, as 00:01 could be a minute or an hour"
+        if not self.delay:
+            return
+        locale = Transaction().language or 'en'
+        days = self.delay.days
+        hours, seconds = divmod(self.delay.seconds, 3600)
+        minutes = seconds // 60
+        parts = []
+        for value, unit, delta in [
+                (days, 'day', dt.timedelta(days=days)),
+                (hours, 'hour', dt.timedelta(hours=hours)),
+                (minutes, 'minute', dt.timedelta(minutes=minutes))]:
+            if value:
+                parts.append(format_timedelta(
+                        delta, granularity=unit, threshold=1,
+                        format='long', locale=locale))
+        return ', '.join(parts)
 
     def get_on(self, name):
         if self.event:
@@ -219,7 +243,7 @@ class Activity(ActivityStatistics, ModelSQL, ModelView):
                 sandbox.check_condition(activity.condition)
             except Exception as exception:
                 raise ConditionError(gettext(
-                        'marketing_automation.msg_activity_condition_invalid',
+                        'marketing_automation.msg_activity_invalid_condition',
                         activity=activity.rec_name,
                         exception=exception)) from exception
 
@@ -227,13 +251,13 @@ class Activity(ActivityStatistics, ModelSQL, ModelView):
     def check_email_title(cls, activities, field_names=None):
         cls._check_template(
             activities, field_names, 'email_title', sandbox.email_title,
-            'marketing_automation.msg_activity_email_title_invalid')
+            'marketing_automation.msg_activity_invalid_email_title')
 
     @classmethod
     def check_email_template(cls, activities, field_names=None):
         cls._check_template(
             activities, field_names, 'email_template', sandbox.email_template,
-            'marketing_automation.msg_activity_email_template_invalid')
+            'marketing_automation.msg_activity_invalid_email_template')
 
     @classmethod
     def _check_template(

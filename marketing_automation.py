@@ -90,6 +90,8 @@ class Scenario(Workflow, ModelSQL, ModelView):
         fields.Integer("Records Blocked"), 'get_record_count')
     block_rate = fields.Function(
         fields.Float("Block Rate", digits=(1, 2)), 'get_block_rate')
+    block_rate_trend = fields.Function(
+        fields.Char("Block Rate Trend"), 'get_trend')
     unsubscribable = fields.Boolean(
         "Unsubscribable",
         help="If checked, blocking a record also unsubscribes its party "
@@ -200,6 +202,14 @@ class Scenario(Workflow, ModelSQL, ModelView):
         return rates
 
     @classmethod
+    def get_trend(cls, scenarios, names):
+        pool = Pool()
+        Report = pool.get('marketing.automation.reporting.scenario')
+        # reporting needs this module's helpers
+        from .reporting import trends
+        return trends(Report, 'scenario', [s.id for s in scenarios], names)
+
+    @classmethod
     def validate_fields(cls, scenarios, field_names):
         super().validate_fields(scenarios, field_names)
         cls.check_domain(scenarios, field_names)
@@ -219,7 +229,7 @@ class Scenario(Workflow, ModelSQL, ModelView):
                 Model.search(domain, order=[], query=True)
             except Exception as exception:
                 raise DomainError(gettext(
-                        'marketing_automation.msg_scenario_domain_invalid',
+                        'marketing_automation.msg_scenario_invalid_domain',
                         scenario=scenario.rec_name,
                         exception=exception)) from exception
 
@@ -312,7 +322,8 @@ class Scenario(Workflow, ModelSQL, ModelView):
 
     def _unsubscribed_parties(self):
         pool = Pool()
-        Unsubscribed = pool.get('party.party-marketing.automation.scenario')
+        Unsubscribed = pool.get(
+            'party.party-unsubscribed-marketing.automation.scenario')
         unsubscribed = Unsubscribed.__table__()
         return unsubscribed.select(
             unsubscribed.party, where=unsubscribed.scenario == self.id)

@@ -128,12 +128,17 @@ class UnsubscribeReport(Report):
                 'button': button,
                 'style': STYLE,
                 'html_language': language.replace('_', '-'),
+                'link': None if data.get('confirm') else data.get('link'),
                 })
         return context
 
 
-def unsubscribe_page(record, confirm):
-    "Answer the unsubscribe page of record, in the current language"
+def unsubscribe_page(record, confirm, link=None):
+    """Answer the unsubscribe page of record, in the current language, with
+    link to follow once unsubscribed"""
     Page = Pool().get('marketing.automation.unsubscribe', type='report')
-    _, content, _, _ = Page.execute([record.id], {'confirm': confirm})
+    _, content, _, _ = Page.execute([record.id], {
+            'confirm': confirm,
+            'link': link,
+            })
     return response(content)

@@ -1,8 +1,13 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
 
+from sql import Literal, Table
+from sql.operators import Exists
+
+from trytond import backend
 from trytond.model import ModelSQL, fields
 from trytond.pool import PoolMeta
+from trytond.transaction import Transaction
 
 from .mixin import MarketingAutomationMixin
 
@@ -11,7 +16,8 @@ class Party(MarketingAutomationMixin, metaclass=PoolMeta):
     __name__ = 'party.party'
 
     marketing_scenario_unsubscribed = fields.Many2Many(
-        'party.party-marketing.automation.scenario', 'party', 'scenario',
+        'party.party-unsubscribed-marketing.automation.scenario',
+        'party', 'scenario',
         "Unsubscribed Marketing Scenarios",
         help="The scenarios that never enrol this party again.")
 
@@ -31,10 +37,41 @@ class Party(MarketingAutomationMixin, metaclass=PoolMeta):
 
 
 class PartyUnsubscribedScenario(ModelSQL):
-    __name__ = 'party.party-marketing.automation.scenario'
+    "The people who asked to leave a scenario: never lose one"
+    __name__ = 'party.party-unsubscribed-marketing.automation.scenario'
 
     party = fields.Many2One(
         'party.party', "Party", required=True, ondelete='CASCADE')
     scenario = fields.Many2One(
         'marketing.automation.scenario', "Scenario",
         required=True, ondelete='CASCADE')
+
+    @classmethod
+    def __register__(cls, module):
+        super().__register__(module)
+        cls._move_from(_EARLIER_TABLE)
+
+    @classmethod
+    def _move_from(cls, name):
+        "Move the rows of an earlier table of the unsubscribed to this one"
+        TableHandler = backend.TableHandler
+        if not TableHandler.table_exist(name):
+            return
+        table = cls.__table__()
+        earlier = Table(name)
+        cursor = Transaction().connection.cursor()
+        cursor.execute(*table.insert(
+                [table.party, table.scenario, table.create_uid,
+                    table.create_date],
+                earlier.select(
+                    earlier.party, earlier.scenario, earlier.create_uid,
+                    earlier.create_date,
+                    where=~Exists(table.select(Literal(1),
+                            where=(table.party == earlier.party)
+                            & (table.scenario == earlier.scenario))))))
+        TableHandler.drop_table(
+            'party.party-marketing.automation.scenario', name)
+
+
+# An earlier version of this module named the table otherwise
+_EARLIER_TABLE = 'party_party-marketing_automation_scenario'

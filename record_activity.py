@@ -68,7 +68,7 @@ class RecordActivity(
         t = cls.__table__()
         cls._sql_constraints = [
             ('activity_record_unique', Unique(t, t.activity, t.record),
-                'marketing_automation.msg_record_activity_unique'),
+                'marketing_automation.msg_activity_record_unique'),
             ]
         cls._sql_indexes.update({
                 Index(t,

@@ -152,12 +152,8 @@ def email_click(request, pool, token, key):
 @with_pool
 @with_transaction(readonly=False)
 def unsubscribe(request, pool, record_uuid, key=None):
-    Record = pool.get('marketing.automation.record')
     Email = pool.get('ir.email')
-    records = Record.search([('uuid', '=', record_uuid)], limit=1)
-    if not records:
-        abort(HTTPStatus.NOT_FOUND)
-    record, = records
+    record = _record(pool, record_uuid)
     target = None
     if key:
         for email in Email.search([
@@ -168,19 +164,71 @@ def unsubscribe(request, pool, record_uuid, key=None):
                 break
         else:
             abort(HTTPStatus.NOT_FOUND)
+    # The target was stored when the email was sent: it can be followed
+    if target and not email_.redirectable(target):
+        target = None
+    return _unsubscribe(request, pool, record, redirect_to=target)
 
+
+@app.route('/m/<earlier_database_name>/unsubscribe',
+    methods={'GET', 'HEAD', 'POST'})
+@public
+def unsubscribe_earlier(request, earlier_database_name):
+    """The unsubscribe link of the emails sent by Tryton's own module: the
+    database name in unpadded URL-safe base64 and the record's uuid in r"""
+    try:
+        database_name = base64.urlsafe_b64decode(
+            earlier_database_name + '=' * (-len(earlier_database_name) % 4)
+            ).decode('utf-8')
+    except (ValueError, UnicodeError):
+        return not_found(request)
+    return _unsubscribe_earlier(
+        request, database_name, request.args.get('r', ''))
+
+
+@tracking()
+@with_pool
+@with_transaction(readonly=False)
+def _unsubscribe_earlier(request, pool, record_uuid):
+    record = _record(pool, record_uuid)
+    # Anybody could have written next: it is shown, never followed
+    link = request.args.get('next', '')
+    if not (link.startswith(('https://', 'http://'))
+            and email_.redirectable(link)):
+        link = None
+    return _unsubscribe(request, pool, record, link=link)
+
+
+@app.route('/m/empty.gif', methods={'GET', 'HEAD'})
+@public
+def empty_image(request):
+    "The open image of the emails sent by Tryton's own module"
+    return pixel(request)
+
+
+def _record(pool, record_uuid):
+    Record = pool.get('marketing.automation.record')
+    records = Record.search([('uuid', '=', record_uuid)], limit=1)
+    if not records:
+        abort(HTTPStatus.NOT_FOUND)
+    return records[0]
+
+
+def _unsubscribe(request, pool, record, redirect_to=None, link=None):
+    """Ask on a GET, as it may come from a scanner, and block on a POST
+
+    The RFC 8058 one-click POST gets no page."""
+    Record = pool.get('marketing.automation.record')
     with Transaction().set_context(language=_language(record)):
         if request.method != 'POST':
-            # A GET may come from a scanner, so it only asks
-            return _page(record, confirm=not record.blocked)
+            return pages.unsubscribe_page(record, confirm=not record.blocked)
         one_click = request.form.get('List-Unsubscribe') == ONE_CLICK
         Record.block([record])
         if one_click:
-            # RFC 8058: no redirect and no page to show
             return Response('', HTTPStatus.OK, content_type='text/plain')
-        if target and email_.redirectable(target):
-            return redirect(target, code=HTTPStatus.SEE_OTHER)
-        return _page(record, confirm=False)
+        if redirect_to:
+            return redirect(redirect_to, code=HTTPStatus.SEE_OTHER)
+        return pages.unsubscribe_page(record, confirm=False, link=link)
 
 
 def _language(record):
@@ -188,7 +236,3 @@ def _language(record):
     party = getattr(record.record, 'marketing_party', None)
     if party:
         return email_.languages({party.id})[party.id]
-
-
-def _page(record, confirm):
-    return pages.unsubscribe_page(record, confirm)

@@ -34,6 +34,7 @@ trytond_range = '>=%s.%s,<%s.%s' % (
     major_version, minor_version, major_version, minor_version + 1)
 
 requires = [
+    'babel',
     'genshi',
     'lxml',
     'python-dateutil',
@@ -47,6 +48,7 @@ requires.append('trytond %s' % trytond_range)
 tests_require = [
     'proteus %s' % trytond_range,
     'trytond_sale %s' % trytond_range,
+    'trytond_web_shortener %s' % trytond_range,
     'aiosmtpd',
     'hypothesis',
     'psycopg[pool] >= 3.2',
@@ -79,6 +81,7 @@ setup(name='%s_%s' % (PREFIX, MODULE),
     install_requires=requires,
     extras_require={
         'sale': ['%s_sale %s' % (PREFIX, trytond_range)],
+        'web_shortener': ['%s_web_shortener %s' % (PREFIX, trytond_range)],
         'test': tests_require,
         },
     zip_safe=False,

@@ -13,10 +13,15 @@ from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
 from .marketing_automation import sliced
+from .reporting import trends
 
 
 def _statistic(field):
     return fields.Function(field, 'get_statistics')
+
+
+def _trend(field):
+    return fields.Function(field, 'get_trend')
 
 
 class ActivityStatistics:
@@ -46,7 +51,19 @@ class ActivityStatistics:
     email_click_through_rate = _statistic(fields.Float(
             "Email Click-Through Rate", digits=(1, 2),
             states=_email_states))
+    email_open_rate_trend = _trend(fields.Char(
+            "Email Open Rate Trend", states=_email_states))
+    email_click_rate_trend = _trend(fields.Char(
+            "Email Click Rate Trend", states=_email_states))
+    email_click_through_rate_trend = _trend(fields.Char(
+            "Email Click-Through Rate Trend", states=_email_states))
     del _email_states
+
+    @classmethod
+    def get_trend(cls, activities, names):
+        pool = Pool()
+        Report = pool.get('marketing.automation.reporting.activity')
+        return trends(Report, 'activity', [a.id for a in activities], names)
 
     @classmethod
     def get_statistics(cls, activities, names):

@@ -294,7 +294,7 @@ def banner():
         "",
         "Web client: %s" % url,
         "Login:      admin / admin   (database: %s)" % DATABASE,
-        "Menu:       Marketing > Automation > Scenarios",
+        "Menu:       Marketing > Scenarios",
         "Emails:    printed below and saved in %s" % MAIL_DIR,
         "SMTP:       %s:%s" % (HOST, SMTP_PORT),
         "Config:     %s" % CONFIG,

@@ -2,22 +2,21 @@
 # this repository contains the full copyright notices and license terms.
 """What a marketer meets in the client and a recipient in the browser:
 words, actions, statistics and pages"""
+import datetime as dt
 import html
 import os
 import re
-import unittest
 from urllib.parse import quote
 
 from lxml import etree
 
 from trytond.pool import Pool
-from trytond.tests.test_tryton import (
-    activate_module, drop_db, with_transaction)
+from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
 
 from .test_engine import (
     BASE, create_scenario, email_activity, run_due, setting)
-from .tools import create_parties, follow
+from .tools import DatabaseTestCase, create_parties, follow
 
 MODULE = 'marketing_automation'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,19 +30,8 @@ def spelled_otherwise(text):
     return bool(re.search(r'\b[Ee]-[Mm]ails?\b|\bE-Mail', text or ''))
 
 
-class ClientTestCase(unittest.TestCase):
+class ClientTestCase(DatabaseTestCase):
     "Test what the clients and the recipients see"
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        drop_db()
-        activate_module(MODULE)
-
-    @classmethod
-    def tearDownClass(cls):
-        super().tearDownClass()
-        drop_db()
 
     @with_transaction()
     def test_one_spelling(self):
@@ -141,6 +129,25 @@ class ClientTestCase(unittest.TestCase):
         self.assertEqual(activity.email_filtered, 1)
         self.assertEqual(activity.email_opened_machine, 2)
         self.assertEqual(activity.email_opened, 0)
+
+    @with_transaction()
+    def test_delay_in_words(self):
+        "The lists show the delay in words"
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        scenario = create_scenario('VD', [
+                {'name': "Soon", 'delay': dt.timedelta(minutes=1)},
+                {'name': "Later", 'delay': dt.timedelta(
+                        days=2, hours=4, minutes=30)},
+                ], run=False)
+        soon, later = sorted(scenario.activities, key=lambda a: a.delay)
+        self.assertEqual(Activity(soon.id).delay_text, "1 minute")
+        self.assertEqual(
+            Activity(later.id).delay_text, "2 days, 4 hours, 30 minutes")
+        with Transaction().set_context(language='fr'):
+            self.assertEqual(
+                Activity(later.id).delay_text.replace('\xa0', ' '),
+                "2 jours, 4 heures, 30 minutes")
 
     def test_unknown_link_page(self):
         "An unknown link answers a small page in the visitor's language"

@@ -8,10 +8,11 @@ import unittest
 
 from trytond.model.exceptions import ValidationError
 from trytond.pool import Pool
-from trytond.tests.test_tryton import DB_NAME, activate_module, drop_db
+from trytond.tests.test_tryton import DB_NAME
 from trytond.transaction import Transaction
 
 from .test_engine import setting
+from .tools import DatabaseTestCase
 
 MODULE = 'marketing_automation'
 DEMO = os.path.join(
@@ -32,19 +33,8 @@ def demo_configuration():
 
 
 @unittest.skipUnless(os.path.isfile(DEMO), "no demo beside the tests")
-class DemoConfigurationTestCase(unittest.TestCase):
+class DemoConfigurationTestCase(DatabaseTestCase):
     "Test the demo's configuration"
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        drop_db()
-        activate_module(MODULE)
-
-    @classmethod
-    def tearDownClass(cls):
-        super().tearDownClass()
-        drop_db()
 
     def count(self, model, domain):
         with Transaction().start(DB_NAME, 0, readonly=True):

@@ -17,12 +17,12 @@ import trytond.config as config
 from trytond.modules.marketing_automation.email_ import unsubscribe_url
 from trytond.pool import Pool
 from trytond.pyson import Eval, Greater, PYSONEncoder
-from trytond.tests.test_tryton import (
-    activate_module, drop_db, with_transaction)
+from trytond.tests.test_tryton import with_transaction
 from trytond.tools import grouped_slice
 from trytond.transaction import Transaction
 
-from .tools import StatementCounter, create_parties, smtp_server
+from .tools import (
+    DatabaseTestCase, StatementCounter, create_parties, smtp_server)
 
 MODULE = 'marketing_automation'
 TEMPLATE = (
@@ -110,19 +110,8 @@ def run_due():
         RecordActivity.run(record_activities)
 
 
-class EngineTestCase(unittest.TestCase):
+class EngineTestCase(DatabaseTestCase):
     "Test the engine of marketing automation"
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        drop_db()
-        activate_module(MODULE)
-
-    @classmethod
-    def tearDownClass(cls):
-        super().tearDownClass()
-        drop_db()
 
     def setUp(self):
         super().setUp()

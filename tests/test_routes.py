@@ -35,12 +35,13 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 import trytond.config as config
 from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
-from trytond.tests.test_tryton import DB_NAME, activate_module, drop_db
+from trytond.tests.test_tryton import DB_NAME
 from trytond.transaction import Transaction
 
 from .tools import (
-    BROWSER, follow, free_port, open_images, restore_configuration,
-    start_process, start_smtp_server, stop_process, tracked, unsubscribe_links)
+    BROWSER, DatabaseTestCase, follow, free_port, open_images,
+    restore_configuration, start_process, start_smtp_server, stop_process,
+    tracked, unsubscribe_links)
 
 MODULE = 'marketing_automation'
 BASE = 'http://track.example.com'
@@ -77,7 +78,7 @@ def snapshot(database_name=DB_NAME):
         'marketing_automation_record',
         'marketing_automation_record_activity',
         'ir_email',
-        'party_party-marketing_automation_scenario',
+        'party_party-unsubscribed-marketing_automation_scenario',
         ]
     result = {}
     with Transaction().start(database_name, 0, readonly=True) as transaction:
@@ -302,14 +303,12 @@ def call(env):
         return 500
 
 
-class RoutesFuzzTestCase(unittest.TestCase):
+class RoutesFuzzTestCase(DatabaseTestCase):
     "Hostile input on the routes of marketing_automation"
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        drop_db()
-        activate_module(MODULE)
         cls.smtp = start_smtp_server(automation_base=BASE, click_delay=0)
         try:
             cls.messages = cls.send()
@@ -322,7 +321,6 @@ class RoutesFuzzTestCase(unittest.TestCase):
     def tearDownClass(cls):
         cls.smtp.stop()
         restore_configuration()
-        drop_db()
         super().tearDownClass()
 
     @classmethod

@@ -11,20 +11,19 @@ import os
 import secrets
 import shutil
 import tempfile
-import unittest
 
 from trytond.model.exceptions import AccessError, ValidationError
 from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
-from trytond.tests.test_tryton import (
-    activate_module, drop_db, with_transaction)
+from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
 
 from .test_engine import (
     BASE, create_scenario, email_activity, forget_records,
     record_activities_of, run_due, setting)
 from .tools import (
-    create_parties, follow, smtp_server, tracked, unsubscribe_links)
+    DatabaseTestCase, create_parties, follow, smtp_server, tracked,
+    unsubscribe_links)
 
 MODULE = 'marketing_automation'
 HTML = (
@@ -150,21 +149,18 @@ PAYLOADS = [
     ]
 
 
-class SandboxTestCase(unittest.TestCase):
+class SandboxTestCase(DatabaseTestCase):
     "Test the template sandbox"
 
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        drop_db()
-        activate_module(MODULE)
         with open(SECRET_FILE, 'w') as file:
             file.write(SECRET)
 
     @classmethod
     def tearDownClass(cls):
         super().tearDownClass()
-        drop_db()
         shutil.rmtree(WORK, ignore_errors=True)
 
     def setUp(self):
@@ -475,19 +471,8 @@ class SandboxTestCase(unittest.TestCase):
         self.assertIn('Code', record_activity.error)
 
 
-class LeastPrivilegeTestCase(unittest.TestCase):
+class LeastPrivilegeTestCase(DatabaseTestCase):
     "Test the rights around the scenarios"
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        drop_db()
-        activate_module(MODULE)
-
-    @classmethod
-    def tearDownClass(cls):
-        super().tearDownClass()
-        drop_db()
 
     def test_no_rpc_to_run(self):
         "The crons drive the scenarios: trigger and process are not RPC"

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import threading
+import unittest
 from unittest.mock import patch
 from urllib.parse import urlsplit
 
@@ -545,3 +546,21 @@ def run_process(command, timeout=None, **kwargs):
         stop_process(process)
     return subprocess.CompletedProcess(
         command, process.returncode, stdout, stderr)
+
+
+class DatabaseTestCase(unittest.TestCase):
+    "A test case on a new database where the module is activated"
+
+    @classmethod
+    def setUpClass(cls):
+        # Imported here: the benchmarks use these tools without it
+        from trytond.tests.test_tryton import activate_module, drop_db
+        super().setUpClass()
+        drop_db()
+        activate_module('marketing_automation')
+
+    @classmethod
+    def tearDownClass(cls):
+        from trytond.tests.test_tryton import drop_db
+        super().tearDownClass()
+        drop_db()

@@ -1,0 +1,244 @@
+# This file is part of Tryton.  The COPYRIGHT file at the top level of
+# this repository contains the full copyright notices and license terms.
+"""Reporting: the scenarios and activities by period, and their trends
+
+Each report is one SQL query grouped by period, whatever the number of rows
+and periods. The rates are fractions computed as floats on every backend."""
+import datetime as dt
+from collections import defaultdict
+
+from dateutil.relativedelta import relativedelta
+from sql import Literal, Null
+from sql.aggregate import Count, Min, Sum
+from sql.conditionals import Case
+from sql.functions import DateTrunc
+from sql.operators import Mul
+
+from trytond.model import ModelSQL, ModelView, fields
+from trytond.pool import Pool
+from trytond.pyson import Eval, If
+from trytond.tools import reduce_ids
+from trytond.tools.chart import sparkline
+from trytond.transaction import Transaction
+
+from .marketing_automation import sliced
+
+PERIODS = {
+    'year': relativedelta(years=1),
+    'month': relativedelta(months=1),
+    'day': relativedelta(days=1),
+    }
+# The periods a trend shows
+TREND_LENGTH = 12
+
+
+def _count(condition):
+    return Sum(Case((condition, 1), else_=0))
+
+
+def _rate(numerator, denominator):
+    "A fraction, as a float on every backend, or 0"
+    return Case(
+        (denominator > 0, Mul(numerator, 1.0) / denominator), else_=0.0)
+
+
+def _period():
+    return Transaction().context.get('period') or 'month'
+
+
+_DATE = fields.Date("Date")
+
+
+def _date(column):
+    return _DATE.sql_cast(DateTrunc(_period(), column))
+
+
+def _dates_where(column):
+    context = Transaction().context
+    where = Literal(True)
+    if context.get('from_date'):
+        where &= column >= dt.datetime.combine(
+            context['from_date'], dt.time())
+    if context.get('to_date'):
+        where &= column < dt.datetime.combine(
+            context['to_date'] + dt.timedelta(days=1), dt.time())
+    return where
+
+
+class Context(ModelView):
+    "The period and the dates of the reports"
+    __name__ = 'marketing.automation.reporting.context'
+
+    from_date = fields.Date(
+        "From Date",
+        domain=[
+            If(Eval('to_date') & Eval('from_date'),
+                ('from_date', '<=', Eval('to_date')),
+                ()),
+            ])
+    to_date = fields.Date(
+        "To Date",
+        domain=[
+            If(Eval('from_date') & Eval('to_date'),
+                ('to_date', '>=', Eval('from_date')),
+                ()),
+            ])
+    period = fields.Selection([
+            ('year', "Year"),
+            ('month', "Month"),
+            ('day', "Day"),
+            ], "Period", required=True)
+
+    @classmethod
+    def default_from_date(cls):
+        context = Transaction().context
+        if 'from_date' in context:
+            return context['from_date']
+        return dt.date.today() - relativedelta(years=1)
+
+    @classmethod
+    def default_to_date(cls):
+        return Transaction().context.get('to_date') or dt.date.today()
+
+    @classmethod
+    def default_period(cls):
+        return _period()
+
+
+class Scenario(ModelSQL, ModelView):
+    "The records enrolled in each scenario, by period of enrolment"
+    __name__ = 'marketing.automation.reporting.scenario'
+
+    date = fields.Date("Date")
+    scenario = fields.Many2One('marketing.automation.scenario', "Scenario")
+    record_count = fields.Integer("Records")
+    record_count_blocked = fields.Integer("Records Blocked")
+    block_rate = fields.Float("Block Rate", digits=(1, 2))
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        cls._order = [('date', 'DESC'), ('scenario', 'ASC'), ('id', 'ASC')]
+
+    @classmethod
+    def table_query(cls):
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        record = Record.__table__()
+        date = _date(record.create_date)
+        blocked = _count(record.blocked == Literal(True))
+        return record.select(
+            Min(record.id).as_('id'),
+            date.as_('date'),
+            record.scenario.as_('scenario'),
+            Count().as_('record_count'),
+            blocked.as_('record_count_blocked'),
+            _rate(blocked, Count()).as_('block_rate'),
+            where=_dates_where(record.create_date),
+            group_by=[date.as_('date'), record.scenario])
+
+
+class Activity(ModelSQL, ModelView):
+    "What each activity did, by period of its record activities"
+    __name__ = 'marketing.automation.reporting.activity'
+
+    date = fields.Date("Date")
+    activity = fields.Many2One('marketing.automation.activity', "Activity")
+    activity_action = fields.Selection(
+        'get_activity_actions', "Activity Action")
+    record_count = fields.Integer("Records")
+    email_opened = fields.Integer("Emails Opened")
+    email_clicked = fields.Integer("Emails Clicked")
+    email_opened_machine = fields.Integer("Emails Opened by Machine")
+    email_filtered = fields.Integer("Emails Filtered")
+    email_open_rate = fields.Float("Email Open Rate", digits=(1, 2))
+    email_click_rate = fields.Float("Email Click Rate", digits=(1, 2))
+    email_click_through_rate = fields.Float(
+        "Email Click-Through Rate", digits=(1, 2))
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        cls._order = [('date', 'DESC'), ('activity', 'ASC'), ('id', 'ASC')]
+
+    @classmethod
+    def get_activity_actions(cls):
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        return Activity.get_parent_actions()
+
+    @classmethod
+    def table_query(cls):
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        Activity = pool.get('marketing.automation.activity')
+        record_activity = RecordActivity.__table__()
+        activity = Activity.__table__()
+        date = _date(record_activity.at)
+        done = Count()
+        opened = _count(record_activity.email_opened == Literal(True))
+        clicked = _count(record_activity.email_clicked == Literal(True))
+        return record_activity.join(activity,
+            condition=record_activity.activity == activity.id
+            ).select(
+                Min(record_activity.id).as_('id'),
+                date.as_('date'),
+                record_activity.activity.as_('activity'),
+                activity.action.as_('activity_action'),
+                done.as_('record_count'),
+                opened.as_('email_opened'),
+                clicked.as_('email_clicked'),
+                _count(record_activity.email_opened_machine
+                    == Literal(True)).as_('email_opened_machine'),
+                _count(record_activity.email_filtered
+                    == Literal(True)).as_('email_filtered'),
+                _rate(opened, done).as_('email_open_rate'),
+                _rate(clicked, done).as_('email_click_rate'),
+                _rate(clicked, opened).as_('email_click_through_rate'),
+                where=(record_activity.state == 'done')
+                & (record_activity.at != Null)
+                & _dates_where(record_activity.at),
+                group_by=[date.as_('date'), record_activity.activity,
+                    activity.action])
+
+
+def trends(Report, key, ids, names):
+    """Return the sparkline of the fields of names over the last periods of
+    the report, for each id of key, in one query by slice"""
+    today = dt.date.today()
+    delta = PERIODS[_period()]
+    start = today - delta * (TREND_LENGTH - 1)
+    with Transaction().set_context(from_date=start, to_date=today):
+        table = Report.table_query()
+        cursor = Transaction().connection.cursor()
+        values = defaultdict(dict)
+        fields_ = [n[:-len('_trend')] for n in names]
+        for sub_ids in sliced(ids):
+            query = table.select(
+                table.date, getattr(table, key),
+                *[getattr(table, f) for f in fields_],
+                where=reduce_ids(getattr(table, key), sub_ids))
+            cursor.execute(*query)
+            for date, key_id, *row in cursor:
+                values[key_id][date] = row
+    periods = [start + delta * i for i in range(TREND_LENGTH)]
+    result = {n: {} for n in names}
+    truncated = {p: _truncate(p) for p in periods}
+    for id_ in ids:
+        by_date = {_truncate(d): r for d, r in values[id_].items()}
+        for index, name in enumerate(names):
+            result[name][id_] = sparkline([
+                    (by_date.get(truncated[p]) or [0] * len(names))[index]
+                    or 0 for p in periods])
+    return result
+
+
+def _truncate(date):
+    if isinstance(date, str):
+        date = dt.date.fromisoformat(date[:10])
+    period = _period()
+    if period == 'year':
+        return date.replace(month=1, day=1)
+    if period == 'month':
+        return date.replace(day=1)
+    return date

@@ -1,0 +1,192 @@
+# This file is part of Tryton.  The COPYRIGHT file at the top level of
+# this repository contains the full copyright notices and license terms.
+"""The reports on a small run whose counts are known, and the names that
+sites of Tryton's own module rely on"""
+import datetime as dt
+
+from lxml import etree
+
+from trytond.pool import Pool
+from trytond.tests.test_tryton import with_transaction
+from trytond.transaction import Transaction
+
+from .test_engine import create_scenario, email_activity
+from .tools import DatabaseTestCase, StatementCounter, create_parties
+
+MODULE = 'marketing_automation'
+# XML id: model, from INTERFACE.md
+XML_IDS = {
+    'act_activity_tree': 'ir.action.act_window',
+    'act_activity_tree_view1': 'ir.action.act_window.view',
+    'act_activity_tree_view2': 'ir.action.act_window.view',
+    'act_activity_tree_keyword1': 'ir.action.keyword',
+    'act_activity_tree_keyword2': 'ir.action.keyword',
+    'act_record_form': 'ir.action.act_window',
+    'act_record_form_keyword1': 'ir.action.keyword',
+    'act_record_activity_form': 'ir.action.act_window',
+    'act_record_activity_form_keyword1': 'ir.action.keyword',
+    'act_record_activity_form_keyword2': 'ir.action.keyword',
+    'act_scenario_form_domain_stopped': 'ir.action.act_window.domain',
+    'report_unsubscribe': 'ir.action.report',
+    'ir_email_view_form': 'ir.ui.view',
+    'act_ir_email_form_relate_activity': 'ir.action.act_window',
+    'act_ir_email_form_relate_activity_keyword1': 'ir.action.keyword',
+    'act_ir_email_form_relate_activity_view1': 'ir.action.act_window.view',
+    'act_ir_email_form_relate_activity_view2': 'ir.action.act_window.view',
+    'reporting_context_view_form': 'ir.ui.view',
+    'msg_scenario_invalid_domain': 'ir.message',
+    'msg_activity_invalid_condition': 'ir.message',
+    'msg_activity_invalid_email_title': 'ir.message',
+    'msg_activity_invalid_email_template': 'ir.message',
+    'msg_activity_record_unique': 'ir.message',
+    }
+for kind in ['scenario', 'activity']:
+    XML_IDS.update({
+            'reporting_%s_view_list' % kind: 'ir.ui.view',
+            'reporting_%s_view_graph_rate' % kind: 'ir.ui.view',
+            'reporting_%s_view_graph_count' % kind: 'ir.ui.view',
+            'act_reporting_%s' % kind: 'ir.action.act_window',
+            'act_reporting_%s_view1' % kind: 'ir.action.act_window.view',
+            'act_reporting_%s_view2' % kind: 'ir.action.act_window.view',
+            'act_reporting_%s_view3' % kind: 'ir.action.act_window.view',
+            'act_reporting_%s_keyword' % kind: 'ir.action.keyword',
+            })
+
+
+class ReportingTestCase(DatabaseTestCase):
+    "Test the reports and the names kept from Tryton's own module"
+
+    @with_transaction()
+    def test_names_kept(self):
+        "The XML ids, message ids and view anchors are there"
+        pool = Pool()
+        ModelData = pool.get('ir.model.data')
+        View = pool.get('ir.ui.view')
+        data = {d.fs_id: d.model for d in ModelData.search([
+                    ('module', '=', MODULE)])}
+        self.assertEqual(
+            {i: data.get(i) for i in XML_IDS}, XML_IDS)
+        form = etree.fromstring(View(ModelData.get_id(
+                    MODULE, 'activity_view_form')).arch)
+        self.assertTrue(
+            form.xpath('//page[@name="action"]//group[@id="email"]'))
+        party = View.search([
+                ('model', '=', 'party.party'),
+                ('module', '=', MODULE)])
+        self.assertTrue(any('id="marketing_automation"' in v.arch
+                for v in party))
+
+    def prepare(self):
+        """Enrol 4 parties in January 2026 and 2 in March 2026, block one of
+        each month; the activity ran for 4 of them, 2 opened, 1 clicked"""
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Record = pool.get('marketing.automation.record')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        create_parties('RP', 6)
+        scenario = create_scenario(
+            'RP', [email_activity(delay=dt.timedelta(days=1))])
+        Scenario.trigger([scenario])
+        records = Record.search(
+            [('scenario', '=', scenario.id)], order=[('id', 'ASC')])
+        record = Record.__table__()
+        table = RecordActivity.__table__()
+        cursor = Transaction().connection.cursor()
+        dates = [dt.datetime(2026, 1, 10, 12)] * 4 + [
+            dt.datetime(2026, 3, 5, 12)] * 2
+        for rec, date, blocked in zip(
+                records, dates, [True, False, False, False, True, False]):
+            cursor.execute(*record.update(
+                    [record.create_date, record.blocked], [date, blocked],
+                    where=record.id == rec.id))
+        activity, = scenario.activities
+        record_activities = RecordActivity.search(
+            [('activity', '=', activity.id)], order=[('id', 'ASC')])
+        for ra, state, at, opened, clicked in zip(record_activities,
+                ['done', 'done', 'done', 'done', 'cancelled', 'waiting'],
+                [dt.datetime(2026, 1, 11, 9), dt.datetime(2026, 1, 11, 10),
+                    dt.datetime(2026, 1, 12, 9), dt.datetime(2026, 3, 6, 9),
+                    dt.datetime(2026, 3, 6, 9), dt.datetime(2026, 3, 6, 9)],
+                [True, True, False, False, False, False],
+                [True, False, False, False, False, False]):
+            cursor.execute(*table.update(
+                    [table.state, table.at, table.email_opened,
+                        table.email_clicked],
+                    [state, at, opened, clicked],
+                    where=table.id == ra.id))
+        return scenario, activity
+
+    def read(self, model, period, key):
+        pool = Pool()
+        Report = pool.get(model)
+        with Transaction().set_context(
+                period=period, from_date=dt.date(2025, 12, 1),
+                to_date=dt.date(2026, 12, 31)):
+            reports = Report.search([], order=[('date', 'ASC')])
+            with StatementCounter() as counter:
+                rows = Report.read(list(map(int, reports)), key)
+        rows.sort(key=lambda r: r['date'])
+        return rows, counter.count
+
+    @with_transaction()
+    def test_reports(self):
+        "Each figure of each report, by day, month and year, in one query"
+        scenario, activity = self.prepare()
+        names = ['date', 'scenario', 'record_count', 'record_count_blocked',
+            'block_rate']
+        expected = {
+            'year': [(dt.date(2026, 1, 1), 6, 2, round(2 / 6, 2))],
+            'month': [(dt.date(2026, 1, 1), 4, 1, 0.25),
+                (dt.date(2026, 3, 1), 2, 1, 0.5)],
+            'day': [(dt.date(2026, 1, 10), 4, 1, 0.25),
+                (dt.date(2026, 3, 5), 2, 1, 0.5)],
+            }
+        for period, figures in expected.items():
+            rows, count = self.read(
+                'marketing.automation.reporting.scenario', period, names)
+            self.assertEqual(count, 1, period)
+            self.assertEqual([
+                    (r['date'], r['record_count'], r['record_count_blocked'],
+                        round(r['block_rate'], 2))
+                    for r in rows if r['scenario'] == scenario.id],
+                figures, period)
+
+        names = ['date', 'activity', 'record_count', 'email_opened',
+            'email_clicked', 'email_open_rate', 'email_click_rate',
+            'email_click_through_rate']
+        expected = {
+            'year': [(dt.date(2026, 1, 1), 4, 2, 1, 0.5, 0.25, 0.5)],
+            'month': [(dt.date(2026, 1, 1), 3, 2, 1, 0.67, 0.33, 0.5),
+                (dt.date(2026, 3, 1), 1, 0, 0, 0.0, 0.0, 0.0)],
+            'day': [(dt.date(2026, 1, 11), 2, 2, 1, 1.0, 0.5, 0.5),
+                (dt.date(2026, 1, 12), 1, 0, 0, 0.0, 0.0, 0.0),
+                (dt.date(2026, 3, 6), 1, 0, 0, 0.0, 0.0, 0.0)],
+            }
+        for period, figures in expected.items():
+            rows, count = self.read(
+                'marketing.automation.reporting.activity', period, names)
+            self.assertEqual(count, 1, period)
+            self.assertEqual([
+                    (r['date'], r['record_count'], r['email_opened'],
+                        r['email_clicked'],
+                        round(r['email_open_rate'], 2),
+                        round(r['email_click_rate'], 2),
+                        round(r['email_click_through_rate'], 2))
+                    for r in rows if r['activity'] == activity.id],
+                figures, period)
+
+    @with_transaction()
+    def test_trends(self):
+        "The trends are sparklines of the last periods"
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Activity = pool.get('marketing.automation.activity')
+        scenario, activity = self.prepare()
+        with Transaction().set_context(period='month'):
+            scenario = Scenario(scenario.id)
+            activity = Activity(activity.id)
+            for trend in [scenario.block_rate_trend,
+                    activity.email_open_rate_trend,
+                    activity.email_click_rate_trend,
+                    activity.email_click_through_rate_trend]:
+                self.assertEqual(len(trend), 12)
