@@ -7,10 +7,11 @@ can only send again the email that was in the SMTP transaction. The outbox
 tells the record activities of the emails it gives up, once, through their
 transition."""
 import datetime as dt
-import email
 import logging
 import smtplib
 from collections import defaultdict
+from email.parser import HeaderParser
+from email.utils import getaddresses, parseaddr
 
 from sql import Null
 
@@ -24,7 +25,7 @@ from trytond.sendmail import get_smtp_server
 from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
-from .email_ import SMTP_LONG_LINES, html_to_text
+from .email_ import html_to_text
 from .marketing_automation import current_time, new_token, sliced, sliced_rows
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,18 @@ def is_permanent(exception):
     if isinstance(exception, smtplib.SMTPResponseException):
         return 500 <= exception.smtp_code <= 599
     return isinstance(exception, (ValueError, UnicodeError))
+
+
+def envelope(message):
+    """Return the sender and the recipients of the raw message
+
+    Only its headers are parsed: sending the stored text as it is costs a
+    fraction of parsing and generating the whole message again."""
+    headers = HeaderParser().parsestr(message, headersonly=True)
+    sender = parseaddr(headers.get('Sender') or headers.get('From'))[1]
+    recipients = [a for _, a in getaddresses(
+            headers.get_all('To', []) + headers.get_all('Cc', []))]
+    return sender, recipients
 
 
 class Unreachable(Exception):
@@ -366,8 +379,8 @@ def _send(emails):
         try:
             if server is None:
                 server = _connect()
-            refused = server.send_message(email.message_from_string(
-                    message, policy=SMTP_LONG_LINES))
+            refused = server.sendmail(
+                *envelope(message), message.encode('utf-8'))
             if refused:
                 raise smtplib.SMTPRecipientsRefused(refused)
         except Unreachable as exception:
