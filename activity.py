@@ -104,6 +104,18 @@ class Activity(ActivityStatistics, ModelSQL, ModelView):
         cls._sql_indexes.add(
             Index(t, (t.parent, Index.Equality())))
         cls._order.insert(0, ('name', 'ASC'))
+        cls._buttons.update({
+                'preview': {
+                    'invisible': Eval('action') != 'send_email',
+                    'depends': ['action'],
+                    },
+                })
+
+    @classmethod
+    @ModelView.button_action(
+        'marketing_automation.wizard_activity_preview')
+    def preview(cls, activities):
+        pass
 
     @classmethod
     def view_attributes(cls):
@@ -143,6 +155,14 @@ class Activity(ActivityStatistics, ModelSQL, ModelView):
     @classmethod
     def default_negative(cls):
         return False
+
+    @classmethod
+    def action_events(cls):
+        """Return the events that the children of an activity can wait for,
+        by action of the activity"""
+        return {
+            'send_email': {'email_opened', 'email_clicked'},
+            }
 
     @classmethod
     def get_parent_actions(cls):
@@ -208,10 +228,11 @@ class Activity(ActivityStatistics, ModelSQL, ModelView):
     def check_event(cls, activities, field_names=None):
         if field_names and not (field_names & {'event', 'parent'}):
             return
+        events = cls.action_events()
         for activity in activities:
             if (activity.event
-                    and activity.on_change_with_parent_action()
-                    != 'send_email'):
+                    and activity.event not in events.get(
+                        activity.on_change_with_parent_action(), ())):
                 raise EventError(gettext(
                         'marketing_automation.msg_activity_event_invalid',
                         activity=activity.rec_name,

@@ -78,7 +78,6 @@ def track(email_token, record_uuid, links):
 
     links is filled with the targets by key."""
     def tracked(href):
-        href = sandbox.check_link(href.strip())
         if href == UNSUBSCRIBE:
             return unsubscribe_url(record_uuid)
         if href.startswith(UNSUBSCRIBE + '|'):
@@ -91,10 +90,25 @@ def track(email_token, record_uuid, links):
         key = link_key(href)
         links[key] = href
         return click_url(email_token, key)
+    return _links_filter(tracked, open_url(email_token))
 
+
+def untracked(unsubscribe):
+    """Return a Genshi filter that leaves the links to their targets but
+    the unsubscribe links, which go to unsubscribe, and adds no image"""
+    def target(href):
+        if href == UNSUBSCRIBE or href.startswith(UNSUBSCRIBE + '|'):
+            return unsubscribe
+        return href
+    return _links_filter(target)
+
+
+def _links_filter(target, image=None):
+    """Return a Genshi filter that sends each link to target(href) and adds
+    the image at the end of the body"""
     def pixel(pos):
         yield START, (QName('img'), Attrs([
-                    (QName('src'), open_url(email_token)),
+                    (QName('src'), image),
                     (QName('width'), '1'),
                     (QName('height'), '1'),
                     (QName('alt'), ''),
@@ -103,12 +117,13 @@ def track(email_token, record_uuid, links):
         yield END, QName('img'), pos
 
     def filter_(stream):
-        added, pos = False, (None, -1, -1)
+        added, pos = image is None, (None, -1, -1)
         for kind, data, pos in stream:
             if kind is START:
                 tag, attrs = data
                 if tag.localname == 'a' and attrs.get('href'):
-                    attrs |= [(QName('href'), tracked(attrs.get('href')))]
+                    href = sandbox.check_link(attrs.get('href').strip())
+                    attrs |= [(QName('href'), target(href))]
                     data = tag, attrs
             elif kind is END and data.localname == 'body' and not added:
                 yield from pixel(pos)
@@ -223,29 +238,17 @@ def compose(activity, record_activities):
 
     Return the error of each record activity that could not be composed."""
     pool = Pool()
-    Activity = pool.get('marketing.automation.activity')
     Email = pool.get('ir.email')
-    Lang = pool.get('ir.lang')
-    transaction = Transaction()
     # Fail early and keep the record activities waiting
     automation_base()
 
-    configured_sender = _configured_sender()
     parties = _parties(record_activities)
     by_language, errors = _by_language(record_activities, parties)
 
     rows = []
     for language, language_activities in by_language.items():
-        with transaction.set_context(language=language):
-            translated = Activity(activity.id)
-            title = translated.email_title or ''
-            template = translated.email_template or ''
-            sender = translated.email_from or configured_sender
-            helpers = translated.email_context(Lang.get(language))
         try:
-            # A template saved before a rule tightened fails only its own
-            sandbox.email_title(title)
-            sandbox.email_template(template)
+            templates = Templates.of(activity, language)
         except Exception as exception:
             error = gettext(
                 'marketing_automation.msg_render_failed',
@@ -256,14 +259,46 @@ def compose(activity, record_activities):
             resource, party = parties[record_activity]
             try:
                 rows.append(_render(
-                        record_activity, resource, party, title, template,
-                        helpers, configured_sender, sender))
+                        record_activity, resource, party, templates))
             except Exception as exception:
                 errors[record_activity] = gettext(
                     'marketing_automation.msg_render_failed',
                     activity=activity.rec_name, exception=exception)
     Email.marketing_automation_store(rows)
     return errors
+
+
+class Templates(namedtuple('Templates', [
+            'title', 'template', 'configured_sender', 'sender', 'helpers'])):
+    "The templates of an activity in a language, checked"
+    __slots__ = ()
+
+    @classmethod
+    def of(cls, activity, language):
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        Lang = pool.get('ir.lang')
+        configured_sender = _configured_sender()
+        with Transaction().set_context(language=language):
+            translated = Activity(activity.id)
+            title = translated.email_title or ''
+            template = translated.email_template or ''
+            sender = translated.email_from or configured_sender
+            helpers = translated.email_context(Lang.get(language))
+        # A template saved before a rule tightened fails only its own
+        sandbox.email_title(title)
+        sandbox.email_template(template)
+        return cls(title, template, configured_sender, sender, helpers)
+
+    def render(self, resource, to, filter_, unsubscribe):
+        """Return the subject, the HTML body and the message to the address
+        to of resource, its links passed through filter_"""
+        context = sandbox.template_context(resource, self.helpers)
+        subject = sandbox.render_title(self.title, context)
+        body = sandbox.render_email(self.template, context, filter_)
+        return subject, body, _message(
+            self.configured_sender, self.sender, to, subject, body,
+            unsubscribe)
 
 
 def _by_language(record_activities, parties):
@@ -287,21 +322,20 @@ def _by_language(record_activities, parties):
     return by_language, errors
 
 
-def _render(record_activity, resource, party, title, template, helpers,
-        configured_sender, sender):
+def recipient(party):
+    "Return the address of the emails to party"
+    mechanism = party.contact_mechanism_get('email')
+    return format_address(mechanism.value, mechanism.name or party.rec_name)
+
+
+def _render(record_activity, resource, party, templates):
     "Return the outbox row of the email of record_activity"
     token = new_token()
     links = {}
     record = record_activity.record
-    context = sandbox.template_context(resource, helpers)
-    subject = sandbox.render_title(title, context)
-    body = sandbox.render_email(
-        template, context, track(token, record.uuid, links))
-    mechanism = party.contact_mechanism_get('email')
-    message = _message(
-        configured_sender, sender,
-        format_address(mechanism.value, mechanism.name or party.rec_name),
-        subject, body, unsubscribe_url(record.uuid))
+    subject, body, message = templates.render(
+        resource, recipient(party), track(token, record.uuid, links),
+        unsubscribe_url(record.uuid))
     return {
         'recipients': message['To'],
         'subject': subject,

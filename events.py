@@ -78,6 +78,16 @@ class EmailEvents:
                 tree.move_on(happened, name, at)
 
     @classmethod
+    def event_happened(cls, record_activities, event, at=None):
+        """Move the tree on after event of the action of the record
+        activities done, for actions other than send_email: the children
+        that wait for it become due and their negative siblings are
+        cancelled; a repeat changes nothing"""
+        if at is None:
+            at = current_time()
+        tree.move_on(cls._events(record_activities), event, at)
+
+    @classmethod
     def flag(cls, ids, name):
         """Set the flag name on the record activities of ids: an open, a
         click, a machine open or a filtered event"""

@@ -27,3 +27,7 @@ class DelayError(ValidationError):
 
 class AutomationBaseError(UserError):
     pass
+
+
+class TestAddressError(UserError):
+    pass

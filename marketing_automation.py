@@ -84,6 +84,11 @@ class Scenario(Workflow, ModelSQL, ModelView):
         help="A PYSON domain that picks the records to enrol.")
     activities = fields.One2Many(
         'marketing.automation.activity', 'parent', "Activities")
+    records = fields.One2Many(
+        'marketing.automation.record', 'scenario', "Records", readonly=True)
+    unsubscribed_parties = fields.Many2Many(
+        'party.party-unsubscribed-marketing.automation.scenario',
+        'scenario', 'party', "Unsubscribed Parties", readonly=True)
     record_count = fields.Function(
         fields.Integer("Records"), 'get_record_count')
     record_count_blocked = fields.Function(
@@ -127,6 +132,8 @@ class Scenario(Workflow, ModelSQL, ModelView):
                     'invisible': Eval('state') != 'running',
                     'depends': ['state'],
                     },
+                'dry_run': {},
+                'test_mode': {},
                 })
 
     @classmethod
@@ -237,6 +244,8 @@ class Scenario(Workflow, ModelSQL, ModelView):
     def copy(cls, scenarios, default=None):
         default = default.copy() if default is not None else {}
         default.setdefault('state', 'draft')
+        default.setdefault('records')
+        default.setdefault('unsubscribed_parties')
         return super().copy(scenarios, default=default)
 
     @classmethod
@@ -255,6 +264,17 @@ class Scenario(Workflow, ModelSQL, ModelView):
     @ModelView.button
     @Workflow.transition('stopped')
     def stop(cls, scenarios):
+        pass
+
+    @classmethod
+    @ModelView.button_action('marketing_automation.wizard_scenario_dry_run')
+    def dry_run(cls, scenarios):
+        pass
+
+    @classmethod
+    @ModelView.button_action(
+        'marketing_automation.wizard_scenario_test_mode')
+    def test_mode(cls, scenarios):
         pass
 
     @classmethod
@@ -287,15 +307,20 @@ class Scenario(Workflow, ModelSQL, ModelView):
         "Enrol by batches the matching records that are not enrolled yet"
         pool = Pool()
         Record = pool.get('marketing.automation.record')
+        self._lock_enrolment()
+        return sum(Record.enrol(self, ids) for ids in self.candidates())
+
+    def candidates(self):
+        """Yield by batches the ids of the records that the domain matches
+        and whose party did not unsubscribe, enrolled or not"""
+        pool = Pool()
         Model = pool.get(self.model)
         cursor = Transaction().connection.cursor()
         domain = [
             self.pyson_domain,
             ('marketing_party', 'not in', self._unsubscribed_parties()),
             ]
-
-        self._lock_enrolment()
-        count, last = 0, 0
+        last = 0
         while True:
             # Walk by ids to stream the candidates without materialising
             cursor.execute(*Model.search(
@@ -305,8 +330,7 @@ class Scenario(Workflow, ModelSQL, ModelView):
             if not ids:
                 break
             last = ids[-1]
-            count += Record.enrol(self, ids)
-        return count
+            yield ids
 
     def _lock_enrolment(self):
         """Keep two runs from enrolling in the same scenario at once
@@ -337,6 +361,9 @@ class Record(ModelSQL, ModelView):
         required=True, ondelete='CASCADE')
     record = fields.Reference(
         "Record", selection='get_models', required=True)
+    party = fields.Function(
+        fields.Many2One('party.party', "Party"),
+        'get_party', searcher='search_party')
     blocked = fields.Boolean("Blocked")
     uuid = fields.Char("UUID", readonly=True, strip=False)
     record_activities = fields.One2Many(
@@ -362,6 +389,20 @@ class Record(ModelSQL, ModelView):
 
     def get_rec_name(self, name):
         return self.record.rec_name if self.record else self.uuid
+
+    def get_party(self, name):
+        party = self.record.marketing_party if self.record else None
+        return party.id if party else None
+
+    @classmethod
+    def search_party(cls, name, clause):
+        _, operator, operand, *extra = clause
+        nested = clause[0][len(name):]
+        domain = ['OR']
+        for model in marketing_models():
+            domain.append(
+                ('record.marketing_party' + nested, operator, operand, model))
+        return domain
 
     @classmethod
     def search_rec_name(cls, name, clause):
@@ -429,6 +470,20 @@ class Record(ModelSQL, ModelView):
         from . import tree
         tree.enrol(record_ids, scenario.activities, now)
         return len(record_ids)
+
+    @classmethod
+    def enrolled(cls, scenario, ids):
+        "Return those of ids which are enrolled in scenario"
+        record = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        references = {'%s,%s' % (scenario.model, i): i for i in ids}
+        enrolled = set()
+        for sub_references in sliced(list(references)):
+            cursor.execute(*record.select(record.record,
+                    where=(record.scenario == scenario.id)
+                    & record.record.in_(list(sub_references))))
+            enrolled.update(references[r] for r, in cursor)
+        return enrolled
 
     @classmethod
     @ModelView.button

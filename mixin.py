@@ -8,7 +8,8 @@ from trytond.pool import Pool
 class MarketingAutomationMixin:
     """Offer a model to the scenarios
 
-    marketing_party is the party an email goes to, and
+    marketing_party is the party an email goes to, by default the field
+    party of the model, and
     marketing_access_context is the context in which the templates and
     conditions read the record: the marketing group's rights, never root's.
     """
@@ -19,11 +20,14 @@ class MarketingAutomationMixin:
         'get_marketing_party', searcher='search_marketing_party')
 
     def get_marketing_party(self, name):
-        raise NotImplementedError
+        "Return the party of the record: its field party by default"
+        party = getattr(self, 'party', None)
+        return party.id if party else None
 
     @classmethod
     def search_marketing_party(cls, name, clause):
-        raise NotImplementedError
+        nested = clause[0][len(name):]
+        return [('party' + nested,) + tuple(clause[1:])]
 
     @property
     def marketing_access_context(self):

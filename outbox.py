@@ -114,6 +114,10 @@ class Email(metaclass=PoolMeta):
         "Marketing Sent At", readonly=True)
     marketing_automation_claim = fields.Char(
         "Marketing Claim", readonly=True, strip=False)
+    marketing_automation_test = fields.Boolean(
+        "Marketing Test", readonly=True,
+        help="A test email of a marketer: it tracks nothing and counts in "
+        "no statistic.")
     marketing_automation_text = fields.Function(fields.Text(
             "Plain Text",
             states={
@@ -204,6 +208,31 @@ class Email(metaclass=PoolMeta):
             cursor.execute(*table.insert(columns, list(sub_values)))
         if config.getboolean('queue', 'worker', default=False):
             cls.marketing_automation_send()
+
+    @classmethod
+    def marketing_automation_send_now(cls, rows):
+        """Put the emails of rows in the outbox and send them at once,
+        committing; return their ids
+
+        For the test emails of a marketer, who waits for them. Those that
+        cannot be sent now stay in the outbox for the next attempts."""
+        table = cls.__table__()
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        claim = new_token()
+        for row in rows:
+            row['marketing_automation_claim'] = claim
+        cls.marketing_automation_store(rows)
+        # Claimed before the commit, so that no other run sends them
+        cursor.execute(*table.update(
+                [table.marketing_automation_status,
+                    table.marketing_automation_next_try],
+                ['sending', current_time()],
+                where=table.marketing_automation_claim == claim))
+        emails = _claimed(claim)
+        transaction.commit()
+        _send(emails)
+        return [e for e, _, _ in emails]
 
     @classmethod
     def marketing_automation_send(cls):

@@ -9,14 +9,6 @@ from .mixin import MarketingAutomationMixin
 class Sale(MarketingAutomationMixin, metaclass=PoolMeta):
     __name__ = 'sale.sale'
 
-    def get_marketing_party(self, name):
-        return self.party.id if self.party else None
-
-    @classmethod
-    def search_marketing_party(cls, name, clause):
-        nested = clause[0][len(name):]
-        return [('party' + nested,) + tuple(clause[1:])]
-
     @property
     def marketing_access_context(self):
         pool = Pool()

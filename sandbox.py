@@ -382,22 +382,23 @@ def _check_stream(stream):
                     raise _refused('link')
 
 
-@lru_cache(maxsize=256)
-def email_template(text):
-    "Return the checked Genshi HTML template of text"
-    template = MarkupTemplate(
+def _parse(Template, text):
+    template = Template(
         text, loader=_NoLoader(), lookup=SandboxLookup, allow_exec=False)
     _check_stream(template.stream)
     return template
+
+
+@lru_cache(maxsize=256)
+def email_template(text):
+    "Return the checked Genshi HTML template of text"
+    return _parse(MarkupTemplate, text)
 
 
 @lru_cache(maxsize=256)
 def email_title(text):
     "Return the checked Genshi text template of text"
-    template = NewTextTemplate(
-        text, loader=_NoLoader(), lookup=SandboxLookup, allow_exec=False)
-    _check_stream(template.stream)
-    return template
+    return _parse(NewTextTemplate, text)
 
 
 def helpers(lang):

@@ -69,6 +69,7 @@ setup(name='%s_%s' % (PREFIX, MODULE),
     package_data={
         'trytond.modules.%s' % MODULE: (info.get('xml', [])
             + ['tryton.cfg', 'view/*.xml', 'locale/*.po', 'tests/*.rst',
+                'tests/tryton.cfg',
                 '*.html']),
         },
     classifiers=[

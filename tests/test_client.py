@@ -45,8 +45,8 @@ class ClientTestCase(DatabaseTestCase):
                 selection = getattr(field, 'selection', None)
                 if isinstance(selection, list):
                     texts.extend(s for _, s in selection)
-        for filename in ['message.xml', 'marketing_automation.xml',
-                'ir.xml', 'party.xml']:
+        for filename in sorted(
+                f for f in os.listdir(ROOT) if f.endswith('.xml')):
             tree = etree.parse(os.path.join(ROOT, filename))
             texts.extend(tree.xpath('//field/text()'))
         for filename in os.listdir(os.path.join(ROOT, 'view')):

@@ -11,8 +11,7 @@ from trytond.pool import Pool
 from trytond.tests.test_tryton import DB_NAME
 from trytond.transaction import Transaction
 
-from .test_engine import setting
-from .tools import DatabaseTestCase
+from .tools import DatabaseTestCase, setting
 
 MODULE = 'marketing_automation'
 DEMO = os.path.join(

@@ -22,7 +22,7 @@ from trytond.tools import grouped_slice
 from trytond.transaction import Transaction
 
 from .tools import (
-    DatabaseTestCase, StatementCounter, create_parties, smtp_server)
+    DatabaseTestCase, StatementCounter, create_parties, setting, smtp_server)
 
 MODULE = 'marketing_automation'
 TEMPLATE = (
@@ -33,27 +33,10 @@ TEMPLATE = (
     '<a href="unsubscribe|https://shop.example.com/bye">leave us</a></p>'
     '</body></html>')
 BASE = 'https://track.example.com'
-
-
-@contextlib.contextmanager
-def setting(section, option, value):
-    "Set a configuration option for the duration of the block"
-    added = not config.has_section(section)
-    if added:
-        config.add_section(section)
-    old = config.get(section, option)
-    config.set(section, option, value)
-    try:
-        yield
-    finally:
-        if old is not None:
-            config.set(section, option, old)
-        else:
-            # trytond.config has no public remove_option
-            config._config.remove_option(section, option)
-            config._cache_clear()
-        if added:
-            config.remove_section(section)
+SETTINGS = {
+    ('marketing', 'automation_base'): BASE,
+    ('marketing', 'email_from'): 'news@example.com',
+    }
 
 
 def report(line):
@@ -113,14 +96,11 @@ def run_due():
 class EngineTestCase(DatabaseTestCase):
     "Test the engine of marketing automation"
 
+    settings = SETTINGS
+
     def setUp(self):
         super().setUp()
         self.counters = {}
-        stack = contextlib.ExitStack()
-        self.addCleanup(stack.close)
-        stack.enter_context(setting('marketing', 'automation_base', BASE))
-        stack.enter_context(
-            setting('marketing', 'email_from', 'news@example.com'))
 
     def batch_size(self, size):
         stack = contextlib.ExitStack()

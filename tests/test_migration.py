@@ -23,8 +23,7 @@ from trytond import backend
 from trytond.pool import Pool
 from trytond.transaction import Transaction
 
-from .test_engine import setting
-from .tools import follow, run_process, smtp_server
+from .tools import follow, run_process, setting, smtp_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, '..', 'shared', 'fixtures', 'upstream-8.0')

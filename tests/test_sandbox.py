@@ -5,7 +5,6 @@
 Each payload is either refused when the activity is saved, or rendered and
 sent through a real SMTP server, with no leak and no side effect: the test
 checks the emails, the database and the file system."""
-import contextlib
 import json
 import os
 import secrets
@@ -19,10 +18,10 @@ from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
 
 from .test_engine import (
-    BASE, create_scenario, email_activity, forget_records,
-    record_activities_of, run_due, setting)
+    BASE, SETTINGS, create_scenario, email_activity, forget_records,
+    record_activities_of, run_due)
 from .tools import (
-    DatabaseTestCase, create_parties, follow, smtp_server, tracked,
+    DatabaseTestCase, create_parties, follow, setting, smtp_server, tracked,
     unsubscribe_links)
 
 MODULE = 'marketing_automation'
@@ -163,14 +162,10 @@ class SandboxTestCase(DatabaseTestCase):
         super().tearDownClass()
         shutil.rmtree(WORK, ignore_errors=True)
 
-    def setUp(self):
-        super().setUp()
-        stack = contextlib.ExitStack()
-        self.addCleanup(stack.close)
-        stack.enter_context(setting('marketing', 'automation_base', BASE))
-        stack.enter_context(
-            setting('marketing', 'email_from', 'news@example.com'))
-        stack.enter_context(setting('marketing', 'sandbox_canary', SECRET))
+    settings = {
+        **SETTINGS,
+        ('marketing', 'sandbox_canary'): SECRET,
+        }
 
     def save(self, values):
         "Create the activity, return it or the message that refused it"
@@ -233,7 +228,6 @@ class SandboxTestCase(DatabaseTestCase):
         with smtp_server() as sink:
             Scenario.trigger([scenario])
             RecordActivity.process()
-        forget_records()
 
         sent = list(sink.messages)
         by_activity = {
@@ -262,7 +256,6 @@ class SandboxTestCase(DatabaseTestCase):
                 self.assertNotIn(leak, text)
 
         # Nothing changed in the database nor on the disk
-        forget_records()
         party = Party(party.id)
         self.assertEqual(party.name, 'SB 0')
         self.assertEqual(
@@ -301,7 +294,6 @@ class SandboxTestCase(DatabaseTestCase):
         with smtp_server() as sink:
             Scenario.trigger([scenario])
             RecordActivity.process()
-        forget_records()
         record_activity, = record_activities_of(scenario)
         self.assertEqual(record_activity.state, 'done', record_activity.error)
         message, = sink.messages
@@ -345,7 +337,6 @@ class SandboxTestCase(DatabaseTestCase):
         with smtp_server() as sink:
             Scenario.trigger([old, good])
             RecordActivity.process()
-        forget_records()
         recipients = sorted(r for _, (r,) in sink.envelopes)
         self.assertEqual(
             recipients, ['SG-000000@example.com', 'SG-000001@example.com'])
@@ -463,7 +454,6 @@ class SandboxTestCase(DatabaseTestCase):
                     'model': 'party.party', 'field': 'code',
                     'group': None, 'perm_read': False, 'perm_write': False}])
         Scenario.trigger([scenario])
-        forget_records()
         # Without delivery, nothing is committed
         run_due()
         record_activity, = record_activities_of(scenario)

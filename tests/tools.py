@@ -185,6 +185,27 @@ class SMTPServer:
         self.stop()
 
 
+@contextlib.contextmanager
+def setting(section, option, value):
+    "Set a configuration option for the duration of the block"
+    added = not config.has_section(section)
+    if added:
+        config.add_section(section)
+    old = config.get(section, option)
+    config.set(section, option, value)
+    try:
+        yield
+    finally:
+        if old is not None:
+            config.set(section, option, old)
+        else:
+            # trytond.config has no public remove_option
+            config._config.remove_option(section, option)
+            config._cache_clear()
+        if added:
+            config.remove_section(section)
+
+
 _saved = {}
 
 
@@ -549,7 +570,11 @@ def run_process(command, timeout=None, **kwargs):
 
 
 class DatabaseTestCase(unittest.TestCase):
-    "A test case on a new database where the module is activated"
+    """A test case on a new database where the modules are activated, and
+    the configuration has the settings, {(section, option): value}, during
+    each test"""
+    modules = ['marketing_automation']
+    settings = {}
 
     @classmethod
     def setUpClass(cls):
@@ -557,7 +582,14 @@ class DatabaseTestCase(unittest.TestCase):
         from trytond.tests.test_tryton import activate_module, drop_db
         super().setUpClass()
         drop_db()
-        activate_module('marketing_automation')
+        activate_module(cls.modules)
+
+    def setUp(self):
+        super().setUp()
+        stack = contextlib.ExitStack()
+        self.addCleanup(stack.close)
+        for (section, option), value in self.settings.items():
+            stack.enter_context(setting(section, option, value))
 
     @classmethod
     def tearDownClass(cls):

@@ -1,0 +1,161 @@
+# This file is part of Tryton.  The COPYRIGHT file at the top level of
+# this repository contains the full copyright notices and license terms.
+"""Know who will get a scenario before it runs: the dry run
+
+It counts the records that the trigger would enrol now, and those that the
+condition of each root activity keeps, and lays out the tree for a sample
+record. It reads and writes nothing else."""
+import datetime as dt
+
+from trytond.model import ModelView, fields
+from trytond.pool import Pool
+from trytond.wizard import Button, StateView, Wizard
+
+from . import sandbox
+from .marketing_automation import current_time
+from .preview import sample
+
+
+def counts(scenario):
+    """Return the number of records that the trigger would enrol in scenario
+    now, and how many of them the condition of each root activity keeps, by
+    activity"""
+    pool = Pool()
+    Record = pool.get('marketing.automation.record')
+    Model = pool.get(scenario.model)
+    count, kept = 0, dict.fromkeys(scenario.activities, 0)
+    for ids in scenario.candidates():
+        enrolled = Record.enrolled(scenario, ids)
+        records = Model.browse([i for i in ids if i not in enrolled])
+        count += len(records)
+        for activity in kept:
+            kept[activity] += sum(1 for r in records if holds(activity, r))
+    return count, kept
+
+
+def holds(activity, record):
+    "Tell whether the condition of activity holds for record"
+    if not activity.condition:
+        return True
+    try:
+        return bool(sandbox.condition_holds(activity.condition, record))
+    except Exception:
+        # The run would fail it
+        return False
+
+
+def timeline(activities, record, enrolment, start=None, depth=0):
+    """Yield the steps of the tree of activities for record enrolled at
+    enrolment: each activity with the time it would run at the earliest,
+    the delays since the enrolment and the event it waits for"""
+    if start is None:
+        start = enrolment
+    for activity in activities:
+        at = start + (activity.delay or dt.timedelta())
+        yield {
+            'activity': activity.id,
+            'name': '\u2003' * depth + activity.rec_name,
+            'at': at,
+            'delay': at - enrolment,
+            'on': activity.on,
+            'condition': holds(activity, record) if record else None,
+            }
+        yield from timeline(
+            activity.children, record, enrolment, at, depth + 1)
+
+
+class DryRunActivity(ModelView):
+    "Dry run of a root activity"
+    __name__ = 'marketing.automation.scenario.dry_run.activity'
+
+    activity = fields.Many2One(
+        'marketing.automation.activity', "Activity", readonly=True)
+    record_count = fields.Integer(
+        "Records Kept", readonly=True,
+        help="How many of the records to enrol the condition keeps now.")
+
+
+class DryRunStep(ModelView):
+    "Dry run step of an activity"
+    __name__ = 'marketing.automation.scenario.dry_run.step'
+
+    activity = fields.Many2One(
+        'marketing.automation.activity', "Activity", readonly=True)
+    name = fields.Char("Name", readonly=True)
+    at = fields.DateTime("At", readonly=True)
+    delay = fields.TimeDelta(
+        "Delay", readonly=True,
+        help="The delays added up along the branch since the enrolment; "
+        "from the event for an activity that waits for one.")
+    on = fields.Selection('get_events', "On", readonly=True)
+    condition = fields.Boolean(
+        "Condition", readonly=True,
+        help="Whether the condition holds for the sample record now.")
+
+    @classmethod
+    def get_events(cls):
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        return Activity.fields_get(['on'])['on']['selection']
+
+
+class DryRunShow(ModelView):
+    "Dry run of a scenario"
+    __name__ = 'marketing.automation.scenario.dry_run.show'
+
+    scenario = fields.Many2One(
+        'marketing.automation.scenario', "Scenario", readonly=True)
+    enrol_count = fields.Integer(
+        "Records to Enrol", readonly=True,
+        help="How many records the trigger would enrol now, the parties "
+        "unsubscribed removed.")
+    activities = fields.One2Many(
+        'marketing.automation.scenario.dry_run.activity', None,
+        "Root Activities", readonly=True)
+    record = fields.Reference(
+        "Sample Record", selection='get_record_models',
+        help="The record for which the timeline is laid out.")
+    steps = fields.One2Many(
+        'marketing.automation.scenario.dry_run.step', None, "Timeline",
+        readonly=True)
+
+    @fields.depends('scenario')
+    def get_record_models(self):
+        pool = Pool()
+        IrModel = pool.get('ir.model')
+        if self.scenario:
+            model = self.scenario.model
+            return [(model, IrModel.get_name(model))]
+        return []
+
+    @fields.depends('scenario', 'record', 'steps')
+    def on_change_record(self):
+        record = self.record if self.record and self.record.id else None
+        self.steps = list(timeline(
+                self.scenario.activities, record, current_time()))
+
+
+class DryRun(Wizard):
+    "Show what a scenario would do now, without doing it"
+    __name__ = 'marketing.automation.scenario.dry_run'
+
+    start = StateView(
+        'marketing.automation.scenario.dry_run.show',
+        'marketing_automation.scenario_dry_run_show_view_form', [
+            Button("Close", 'end', 'tryton-close', default=True),
+            ])
+
+    def default_start(self, fields):
+        scenario = self.record
+        record = sample(scenario)
+        count, kept = counts(scenario)
+        return {
+            'scenario': scenario.id,
+            'enrol_count': count,
+            'activities': [
+                {'activity': a.id, 'record_count': c}
+                for a, c in kept.items()],
+            'record': str(record) if record else None,
+            'steps': list(timeline(
+                    scenario.activities, record, current_time())),
+            }
