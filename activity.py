@@ -181,23 +181,8 @@ class Activity(ActivityStatistics, ModelSQL, ModelView):
         return parent.id if parent else None
 
     def get_delay_text(self, name):
-        "The delay in words, as 00:01 could be a minute or an hour"
-        if not self.delay:
-            return
-        locale = Transaction().language or 'en'
-        days = self.delay.days
-        hours, seconds = divmod(self.delay.seconds, 3600)
-        minutes = seconds // 60
-        parts = []
-        for value, unit, delta in [
-                (days, 'day', dt.timedelta(days=days)),
-                (hours, 'hour', dt.timedelta(hours=hours)),
-                (minutes, 'minute', dt.timedelta(minutes=minutes))]:
-            if value:
-                parts.append(format_timedelta(
-                        delta, granularity=unit, threshold=1,
-                        format='long', locale=locale))
-        return ', '.join(parts)
+        if self.delay:
+            return delay_text(self.delay, Transaction().language or 'en')
 
     def get_on(self, name):
         if self.event:
@@ -221,8 +206,7 @@ class Activity(ActivityStatistics, ModelSQL, ModelView):
         cls.check_event(activities, field_names)
         cls.check_delay(activities, field_names)
         cls.check_condition(activities, field_names)
-        cls.check_email_title(activities, field_names)
-        cls.check_email_template(activities, field_names)
+        cls.check_email(activities, field_names)
 
     @classmethod
     def check_event(cls, activities, field_names=None):
@@ -269,33 +253,24 @@ class Activity(ActivityStatistics, ModelSQL, ModelView):
                         exception=exception)) from exception
 
     @classmethod
-    def check_email_title(cls, activities, field_names=None):
-        cls._check_template(
-            activities, field_names, 'email_title', sandbox.email_title,
-            'marketing_automation.msg_activity_invalid_email_title')
-
-    @classmethod
-    def check_email_template(cls, activities, field_names=None):
-        cls._check_template(
-            activities, field_names, 'email_template', sandbox.email_template,
-            'marketing_automation.msg_activity_invalid_email_template')
-
-    @classmethod
-    def _check_template(
-            cls, activities, field_names, name, parse, message):
-        if field_names and name not in field_names:
-            return
-        for activity in activities:
-            text = getattr(activity, name)
-            if not text:
+    def check_email(cls, activities, field_names=None):
+        for name, parse in [
+                ('email_title', sandbox.email_title),
+                ('email_template', sandbox.email_template)]:
+            if field_names and name not in field_names:
                 continue
-            try:
-                parse(text)
-            # Genshi raises a bare Exception for some syntax it cannot handle
-            except Exception as e:
-                raise TemplateError(gettext(
-                        message, activity=activity.rec_name,
-                        exception=e)) from e
+            for activity in activities:
+                text = getattr(activity, name)
+                try:
+                    if text:
+                        parse(text)
+                # Genshi raises a bare Exception for some syntax it cannot
+                # handle
+                except Exception as e:
+                    raise TemplateError(gettext(
+                            'marketing_automation.msg_activity_invalid_'
+                            + name, activity=activity.rec_name,
+                            exception=e)) from e
 
     def filter_due(self, record_activities):
         """Return those of record_activities for which the condition holds,
@@ -327,3 +302,20 @@ class Activity(ActivityStatistics, ModelSQL, ModelView):
         Return the error of each record activity whose email could not be
         composed."""
         return email_.compose(self, record_activities)
+
+
+def delay_text(delay, locale):
+    "Return delay in words, as 00:01 could be a minute or an hour"
+    days = delay.days
+    hours, seconds = divmod(delay.seconds, 3600)
+    minutes = seconds // 60
+    parts = []
+    for value, unit, delta in [
+            (days, 'day', dt.timedelta(days=days)),
+            (hours, 'hour', dt.timedelta(hours=hours)),
+            (minutes, 'minute', dt.timedelta(minutes=minutes))]:
+        if value:
+            parts.append(format_timedelta(
+                    delta, granularity=unit, threshold=1,
+                    format='long', locale=locale))
+    return ', '.join(parts)

@@ -13,7 +13,7 @@ from trytond.wizard import Button, StateView, Wizard
 
 from . import sandbox
 from .marketing_automation import current_time
-from .preview import sample
+from .preview import record_models, sample
 
 
 def counts(scenario):
@@ -121,15 +121,13 @@ class DryRunShow(ModelView):
 
     @fields.depends('scenario')
     def get_record_models(self):
-        pool = Pool()
-        IrModel = pool.get('ir.model')
-        if self.scenario:
-            model = self.scenario.model
-            return [(model, IrModel.get_name(model))]
-        return []
+        return record_models(self.scenario)
 
     @fields.depends('scenario', 'record', 'steps')
     def on_change_record(self):
+        if not self.scenario:
+            self.steps = []
+            return
         record = self.record if self.record and self.record.id else None
         self.steps = list(timeline(
                 self.scenario.activities, record, current_time()))

@@ -4,6 +4,8 @@
 
 A tracked request or a button records the event on the record activity and
 moves the tree on, once: a repeat changes nothing and writes nothing."""
+from collections import defaultdict
+
 from sql import Literal
 
 from trytond.model import ModelView
@@ -70,9 +72,14 @@ class EmailEvents:
         if clicked:
             changes.append(
                 ('email_clicked', [e for e in events if not e.clicked]))
-        for name, happened in changes:
-            if happened:
-                cls.flag([e.id for e in happened], name)
+        # One statement for the events that set the same flags
+        flags = defaultdict(list)
+        for event in events:
+            names = tuple(n for n, h in changes if event in h)
+            if names:
+                flags[names].append(event.id)
+        for names, ids in flags.items():
+            cls.flag(ids, *names)
         for name, happened in changes:
             if happened:
                 tree.move_on(happened, name, at)
@@ -88,20 +95,23 @@ class EmailEvents:
         tree.move_on(cls._events(record_activities), event, at)
 
     @classmethod
-    def flag(cls, ids, name):
-        """Set the flag name on the record activities of ids: an open, a
+    def flag(cls, ids, *names):
+        """Set the flags names on the record activities of ids: an open, a
         click, a machine open or a filtered event"""
         if not ids:
             return
         table = cls.__table__()
         transaction = Transaction()
         cursor = transaction.connection.cursor()
-        column = getattr(table, name)
-        # A single statement per event, the ORM would read and check
+        columns = [getattr(table, n) for n in names]
+        unset = Literal(False)
+        for column in columns:
+            unset |= column == Literal(False)
+        # A single statement for all, the ORM would read and check
         for sub_ids in sliced(ids):
             cursor.execute(*table.update(
-                    [column, table.write_uid, table.write_date],
-                    [Literal(True), transaction.user, current_time()],
-                    where=reduce_ids(table.id, sub_ids)
-                    & (column == Literal(False))))
+                    columns + [table.write_uid, table.write_date],
+                    [Literal(True)] * len(columns)
+                    + [transaction.user, current_time()],
+                    where=reduce_ids(table.id, sub_ids) & unset))
         cls.forget(cls.browse(ids))

@@ -33,6 +33,15 @@ def sample(scenario):
     return records[0] if records else None
 
 
+def record_models(scenario):
+    "Return the selection of the records of scenario"
+    pool = Pool()
+    IrModel = pool.get('ir.model')
+    if scenario and scenario.model:
+        return [(scenario.model, IrModel.get_name(scenario.model))]
+    return []
+
+
 def render(activity, resource, to=None):
     """Return the subject, the HTML and the message of the email of activity
     for resource, in the language of its party, to its party or to
@@ -150,12 +159,7 @@ class PreviewStart(ModelView):
 
     @fields.depends('activity')
     def get_record_models(self):
-        pool = Pool()
-        IrModel = pool.get('ir.model')
-        if self.activity and self.activity.scenario:
-            model = self.activity.scenario.model
-            return [(model, IrModel.get_name(model))]
-        return []
+        return record_models(self.activity.scenario if self.activity else None)
 
     @fields.depends('activity', 'record')
     def on_change_record(self):

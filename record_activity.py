@@ -76,6 +76,11 @@ class RecordActivity(
                     (t.at, Index.Range()),
                     where=t.state == 'waiting'),
                 Index(t, (t.record, Index.Range())),
+                # The reports and the trends by activity and period
+                Index(t,
+                    (t.activity, Index.Range()),
+                    (t.at, Index.Range()),
+                    where=t.state == 'done'),
                 })
         cls._order.insert(0, ('at', 'DESC NULLS FIRST'))
         cls._transitions |= {
@@ -186,7 +191,7 @@ class RecordActivity(
         """Run the due record activities, each one isolated from the others,
         and move the tree on"""
         now = current_time()
-        record_activities = cls._lock(record_activities)
+        record_activities = _lock_waiting(cls, record_activities)
         by_activity = defaultdict(list)
         for record_activity in record_activities:
             by_activity[record_activity.activity].append(record_activity)
@@ -209,32 +214,6 @@ class RecordActivity(
             cls.fail(activities, error, at=now)
         tree.schedule_children(done, now)
         tree.cancel_siblings(done)
-
-    @classmethod
-    def _lock(cls, record_activities):
-        """Lock the record activities which are still waiting and return them
-
-        A concurrent run that executed them already makes this run fail and
-        retry, so no email is composed twice."""
-        table = cls.__table__()
-        transaction = Transaction()
-        cursor = transaction.connection.cursor()
-        waiting = set()
-        for sub_ids in sliced(list(map(int, record_activities))):
-            query = table.select(table.id,
-                where=reduce_ids(table.id, sub_ids)
-                & (table.state == 'waiting'))
-            if transaction.database.has_select_for():
-                query.for_ = For('UPDATE')
-            cursor.execute(*query)
-            waiting.update(i for i, in cursor)
-        # A worker may run them later: keep those which are still due
-        now = current_time()
-        return [ra for ra in record_activities
-            if ra.id in waiting
-            and ra.at is not None and ra.at <= now
-            and not ra.record.blocked
-            and ra.record.scenario.state == 'running']
 
     # Transitions: each is one UPDATE for the whole list, guarded by the
     # states it can come from, so concurrent runs are harmless
@@ -269,35 +248,48 @@ class RecordActivity(
     def cancel_waiting(cls, record_ids, activities=None):
         """Cancel the waiting record activities of record_ids, only those of
         activities when given"""
-        table = cls.__table__()
-        cursor = Transaction().connection.cursor()
-        where = table.state == 'waiting'
-        if activities is not None:
-            where &= table.activity.in_(list(map(int, activities)))
+        activity_ids = (
+            list(map(int, activities)) if activities is not None else None)
+
+        def waiting(sub_ids):
+            def where(table):
+                where = reduce_ids(table.record, sub_ids)
+                if activity_ids is not None:
+                    where &= table.activity.in_(activity_ids)
+                return where
+            return where
+        # One statement by slice, without reading the ids first
         for sub_ids in sliced(sorted(map(int, record_ids))):
-            cursor.execute(*table.select(
-                    table.id, where=reduce_ids(table.record, sub_ids) & where))
-            cls.cancel(cls.browse([i for i, in cursor]))
+            cls._update_state(waiting(list(sub_ids)), 'cancelled')
+        cls.forget()
 
     @classmethod
     def _transition(cls, record_activities, state, **values):
         """Change to state the record activities that can go to it, with
         values, in one statement by slice"""
+        for sub_ids in sliced(list(map(int, record_activities))):
+            sub_ids = list(sub_ids)
+            cls._update_state(
+                lambda table: reduce_ids(table.id, sub_ids), state, **values)
+        cls.forget(record_activities)
+
+    @classmethod
+    def _update_state(cls, where, state, **values):
+        """Change to state, with values, the record activities that
+        where(table) selects and that can go to it"""
         table = cls.__table__()
         transaction = Transaction()
         cursor = transaction.connection.cursor()
-        now = current_time()
         sources = [s for s, t in cls._transitions if t == state]
         values = {k: v for k, v in values.items() if v is not None}
-        values.update(state=state, write_uid=transaction.user, write_date=now)
+        values.update(
+            state=state, write_uid=transaction.user,
+            write_date=current_time())
         names = sorted(values)
-        for sub_ids in sliced(list(map(int, record_activities))):
-            cursor.execute(*table.update(
-                    [getattr(table, n) for n in names],
-                    [values[n] for n in names],
-                    where=reduce_ids(table.id, sub_ids)
-                    & table.state.in_(sources)))
-        cls.forget(record_activities)
+        cursor.execute(*table.update(
+                [getattr(table, n) for n in names],
+                [values[n] for n in names],
+                where=where(table) & table.state.in_(sources)))
 
     @classmethod
     def forget(cls, record_activities=None):
@@ -317,3 +309,29 @@ class RecordActivity(
                 else:
                     for id_ in ids:
                         cache[cls.__name__].pop(id_, None)
+
+
+def _lock_waiting(RecordActivity, record_activities):
+    """Lock the record activities which are still waiting and return them
+
+    A concurrent run that executed them already makes this run fail and
+    retry, so no email is composed twice."""
+    table = RecordActivity.__table__()
+    transaction = Transaction()
+    cursor = transaction.connection.cursor()
+    waiting = set()
+    for sub_ids in sliced(list(map(int, record_activities))):
+        query = table.select(table.id,
+            where=reduce_ids(table.id, sub_ids)
+            & (table.state == 'waiting'))
+        if transaction.database.has_select_for():
+            query.for_ = For('UPDATE')
+        cursor.execute(*query)
+        waiting.update(i for i, in cursor)
+    # A worker may run them later: keep those which are still due
+    now = current_time()
+    return [ra for ra in record_activities
+        if ra.id in waiting
+        and ra.at is not None and ra.at <= now
+        and not ra.record.blocked
+        and ra.record.scenario.state == 'running']

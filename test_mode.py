@@ -15,7 +15,7 @@ from trytond.pyson import Eval
 from trytond.wizard import Button, StateTransition, StateView, Wizard
 
 from .dry_run import holds
-from .preview import sample, send_test, test_addresses
+from .preview import record_models, sample, send_test, test_addresses
 
 OPENED = {'email_opened'}
 # A click implies an open
@@ -116,12 +116,7 @@ class TestModeStart(ModelView):
 
     @fields.depends('scenario')
     def get_record_models(self):
-        pool = Pool()
-        IrModel = pool.get('ir.model')
-        if self.scenario:
-            model = self.scenario.model
-            return [(model, IrModel.get_name(model))]
-        return []
+        return record_models(self.scenario)
 
 
 class TestModeStep(ModelView):

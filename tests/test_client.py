@@ -154,7 +154,8 @@ class ClientTestCase(DatabaseTestCase):
         with setting('marketing', 'automation_base', BASE):
             for language, expected in [
                     ('fr-FR,fr;q=0.9,en;q=0.5', "Ce lien n'est pas valide."),
-                    ('de-DE', "This link is not valid."),
+                    ('de-DE', "Dieser Link ist ungültig."),
+                    ('ja-JP', "This link is not valid."),
                     ('en', "This link is not valid."),
                     ]:
                 for url in [
