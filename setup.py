@@ -51,6 +51,7 @@ tests_require = [
     'trytond_web_shortener %s' % trytond_range,
     'aiosmtpd',
     'hypothesis',
+    'playwright',
     'psycopg[pool] >= 3.2',
     ]
 

@@ -169,6 +169,7 @@ def install_sao():
             "http://%s:%s/ (the desktop client still works)"
             % (HOST, HTTP_PORT))
         return
+    os.makedirs(DEMO_DIR, exist_ok=True)
     log("Installing the sao web client (%s), once..." % SAO_PACKAGE)
     try:
         _install_sao(npm)

@@ -56,6 +56,30 @@ class ClientTestCase(DatabaseTestCase):
         self.assertEqual([t for t in texts if spelled_otherwise(t)], [])
 
     @with_transaction()
+    def test_list_columns_drawable(self):
+        """Every list shows its date and time fields through a widget the
+        web client can draw: sao has no column for a bare DateTime"""
+        pool = Pool()
+        View = pool.get('ir.ui.view')
+        views = View.search([
+                ('module', '=', MODULE),
+                ['OR', ('type', '=', 'tree'), ('inherit.type', '=', 'tree')],
+                ])
+        self.assertTrue(views)
+        bare = []
+        for view in views:
+            Model = pool.get(view.model)
+            result = Model.fields_view_get(
+                view_id=(view.inherit or view).id, view_type='tree')
+            arch = etree.fromstring(result['arch'])
+            for field in arch.iter('field'):
+                definition = result['fields'].get(field.get('name'), {})
+                if (definition.get('type') == 'datetime'
+                        and field.get('widget') not in {'date', 'time'}):
+                    bare.append((view.model, field.get('name')))
+        self.assertEqual(bare, [])
+
+    @with_transaction()
     def test_buttons_read_as_actions(self):
         "The event buttons say what they do"
         pool = Pool()
