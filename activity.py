@@ -18,6 +18,16 @@ from .statistics import ActivityStatistics
 ChildEvent = namedtuple('ChildEvent', ['id', 'event', 'negative', 'delay'])
 
 
+EMAIL_EVENTS = {'email_opened', 'email_clicked'}
+# The events of an email that each tracking mode of a scenario sees
+TRACKED = {
+    'full': EMAIL_EVENTS,
+    'clicks': {'email_clicked'},
+    'aggregate': set(),
+    'none': set(),
+    }
+
+
 class Activity(ActivityStatistics, ModelSQL, ModelView):
     __name__ = 'marketing.automation.activity'
     # The routes move the tree on without reading it
@@ -220,6 +230,14 @@ class Activity(ActivityStatistics, ModelSQL, ModelView):
                 raise EventError(gettext(
                         'marketing_automation.msg_activity_event_invalid',
                         activity=activity.rec_name,
+                        event=activity.event))
+            scenario = activity.scenario
+            if (activity.event in EMAIL_EVENTS and scenario
+                    and activity.event not in TRACKED[scenario.tracking]):
+                raise EventError(gettext(
+                        'marketing_automation.msg_activity_event_untracked',
+                        activity=activity.rec_name,
+                        scenario=scenario.rec_name,
                         event=activity.event))
 
     @classmethod

@@ -22,7 +22,7 @@ from trytond.pool import Pool
 from trytond.tools.email_ import format_address, set_from_header
 from trytond.transaction import Transaction
 
-from . import sandbox
+from . import bounce, sandbox
 from .exceptions import AutomationBaseError
 from .marketing_automation import new_token
 
@@ -58,6 +58,11 @@ def open_url(token):
     return _url('o', token + '.gif')
 
 
+def aggregate_open_url(activity_token):
+    "The open image of the emails of an activity, which names nobody"
+    return _url('oa', activity_token + '.gif')
+
+
 def click_url(token, key):
     return _url('c', token, key)
 
@@ -73,8 +78,9 @@ def link_key(url):
     return hashlib.sha256(url.encode('utf-8')).hexdigest()[:16]
 
 
-def track(email_token, record_uuid, links):
-    """Return a Genshi filter that tracks the links and adds the open image
+def track(email_token, record_uuid, links, clicks=True, image=None):
+    """Return a Genshi filter that tracks the links when clicks and adds the
+    open image of the URL image
 
     links is filled with the targets by key."""
     def tracked(href):
@@ -85,12 +91,12 @@ def track(email_token, record_uuid, links):
             key = link_key(target)
             links[key] = target
             return unsubscribe_url(record_uuid, key)
-        if UNTRACKED.match(href):
+        if not clicks or UNTRACKED.match(href):
             return href
         key = link_key(href)
         links[key] = href
         return click_url(email_token, key)
-    return _links_filter(tracked, open_url(email_token))
+    return _links_filter(tracked, image)
 
 
 def untracked(unsubscribe):
@@ -238,9 +244,13 @@ def compose(activity, record_activities):
 
     Return the error of each record activity that could not be composed."""
     pool = Pool()
+    Activity = pool.get('marketing.automation.activity')
     Email = pool.get('ir.email')
     # Fail early and keep the record activities waiting
     automation_base()
+    if (activity.scenario.tracking == 'aggregate'
+            and not activity.email_open_token):
+        Activity.write([activity], {'email_open_token': new_token()})
 
     parties = _parties(record_activities)
     by_language, errors = _by_language(record_activities, parties)
@@ -290,15 +300,16 @@ class Templates(namedtuple('Templates', [
         sandbox.email_template(template)
         return cls(title, template, configured_sender, sender, helpers)
 
-    def render(self, resource, to, filter_, unsubscribe):
+    def render(self, resource, to, filter_, unsubscribe, headers=None):
         """Return the subject, the HTML body and the message to the address
-        to of resource, its links passed through filter_"""
+        to of resource, its links passed through filter_, with the headers
+        given"""
         context = sandbox.template_context(resource, self.helpers)
         subject = sandbox.render_title(self.title, context)
         body = sandbox.render_email(self.template, context, filter_)
         return subject, body, _message(
             self.configured_sender, self.sender, to, subject, body,
-            unsubscribe)
+            unsubscribe, headers or {})
 
 
 def _by_language(record_activities, parties):
@@ -317,6 +328,10 @@ def _by_language(record_activities, parties):
             errors[record_activity] = gettext(
                 'marketing_automation.msg_no_email',
                 party=party.rec_name)
+        elif not bounce.usable_email(party):
+            errors[record_activity] = gettext(
+                'marketing_automation.msg_email_bounced',
+                party=party.rec_name)
         else:
             by_language[party_languages[party.id]].append(record_activity)
     return by_language, errors
@@ -324,7 +339,7 @@ def _by_language(record_activities, parties):
 
 def recipient(party):
     "Return the address of the emails to party"
-    mechanism = party.contact_mechanism_get('email')
+    mechanism = bounce.usable_email(party)
     return format_address(mechanism.value, mechanism.name or party.rec_name)
 
 
@@ -333,9 +348,21 @@ def _render(record_activity, resource, party, templates):
     token = new_token()
     links = {}
     record = record_activity.record
+    scenario = record.scenario
+    tracking = scenario.tracking
+    if party.marketing_tracking_refused:
+        tracking = 'none'
+    image = None
+    if tracking == 'full':
+        image = open_url(token)
+    elif tracking == 'aggregate':
+        image = aggregate_open_url(record_activity.activity.email_open_token)
     subject, body, message = templates.render(
-        resource, recipient(party), track(token, record.uuid, links),
-        unsubscribe_url(record.uuid))
+        resource, recipient(party),
+        track(token, record.uuid, links,
+            clicks=tracking in {'full', 'clicks'}, image=image),
+        unsubscribe_url(record.uuid),
+        headers=_headers(token, record_activity, templates.sender))
     return {
         'recipients': message['To'],
         'subject': subject,
@@ -352,13 +379,37 @@ def _render(record_activity, resource, party, templates):
         }
 
 
-def _message(configured_sender, sender, to, subject, body, unsubscribe):
+def _headers(token, record_activity, sender):
+    """Return the headers that name the email of record_activity: for the
+    bounces and the feedback loops of the mail providers"""
+    domain = _domain(sender)
+    activity = record_activity.activity
+    headers = {
+        # Stable, so a bounce report names the email
+        'Message-ID': '<%s@%s>' % (token, domain),
+        # Gmail's feedback loop: campaign, customer, type and sender
+        'Feedback-ID': '%s:%s:marketing_automation:%s' % (
+            activity.id, record_activity.record.scenario.id, domain),
+        }
+    bounce_domain = config.get('marketing', 'automation_bounce')
+    if bounce_domain:
+        # VERP: the return path names the email it comes back for
+        headers['Return-Path'] = '<bounce+%s@%s>' % (token, bounce_domain)
+    return headers
+
+
+def _message(
+        configured_sender, sender, to, subject, body, unsubscribe, headers):
+    headers = dict(headers)
     message = EmailMessage()
     set_from_header(message, configured_sender or sender, sender)
     message['To'] = to
     message['Subject'] = subject
     message['Date'] = formatdate(localtime=True)
-    message['Message-ID'] = make_msgid(domain=_domain(sender))
+    message['Message-ID'] = (
+        headers.pop('Message-ID', None) or make_msgid(domain=_domain(sender)))
+    for name, value in headers.items():
+        message[name] = value
     # RFC 2369 and RFC 8058 one-click unsubscribe
     message['List-Unsubscribe'] = '<%s>' % unsubscribe
     message['List-Unsubscribe-Post'] = 'List-Unsubscribe=One-Click'

@@ -14,7 +14,8 @@ from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
 from . import tree
-from .marketing_automation import current_time, sliced
+from .batch import sliced
+from .marketing_automation import current_time
 
 
 class EmailEvents:

@@ -9,40 +9,19 @@ from sql import Conflict, For
 from sql.aggregate import Count, Sum
 from sql.conditionals import Case
 
-import trytond.config as config
-from trytond import backend
 from trytond.i18n import gettext
 from trytond.model import Index, ModelSQL, ModelView, Unique, Workflow, fields
 from trytond.pool import Pool
 from trytond.pyson import Bool, Eval, PYSONDecoder
-from trytond.tools import grouped_slice, reduce_ids
+from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
+from .batch import batch_size, sliced
 from .exceptions import DomainError
 from .mixin import MarketingAutomationMixin
+from .statistics import ScenarioStatistics
 
 logger = logging.getLogger(__name__)
-
-# browse() and create() are quadratic in the length of their list
-BATCH_SIZE = 500
-
-
-def batch_size():
-    return config.getint(
-        'marketing', 'automation_batch_size', default=BATCH_SIZE)
-
-
-def sliced(values):
-    "Slice values to fit the parameters of one query"
-    return grouped_slice(values, backend.MAX_QUERY_PARAMS)
-
-
-def sliced_rows(rows, width):
-    "Slice rows to insert to fit the variables of one statement"
-    # MAX_QUERY_PARAMS of SQLite is about the depth of expressions, which
-    # VALUES does not nest
-    limit = 32_000 if backend.name == 'sqlite' else backend.MAX_QUERY_PARAMS
-    return grouped_slice(rows, max(min(limit // width, 1000), 1))
 
 
 def current_time():
@@ -67,7 +46,7 @@ def get_models():
     return [(m, IrModel.get_name(m)) for m in marketing_models()]
 
 
-class Scenario(Workflow, ModelSQL, ModelView):
+class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
     __name__ = 'marketing.automation.scenario'
 
     name = fields.Char("Name", translate=True)
@@ -97,6 +76,16 @@ class Scenario(Workflow, ModelSQL, ModelView):
         fields.Float("Block Rate", digits=(1, 2)), 'get_block_rate')
     block_rate_trend = fields.Function(
         fields.Char("Block Rate Trend"), 'get_trend')
+    tracking = fields.Selection([
+            ('full', "Opens and Clicks"),
+            ('clicks', "Clicks Only"),
+            ('aggregate', "Opens Counted by Activity"),
+            ('none', "None"),
+            ], "Tracking", required=True,
+        help="What the emails track of their recipients: the open image and "
+        "the tracked links; the tracked links only; only how many times "
+        "the emails of each activity were opened, not by whom; or "
+        "nothing. The unsubscribe link works in every case.")
     unsubscribable = fields.Boolean(
         "Unsubscribable",
         help="If checked, blocking a record also unsubscribes its party "
@@ -139,6 +128,10 @@ class Scenario(Workflow, ModelSQL, ModelView):
     @classmethod
     def default_domain(cls):
         return '[]'
+
+    @classmethod
+    def default_tracking(cls):
+        return 'full'
 
     @classmethod
     def default_state(cls):
@@ -218,8 +211,18 @@ class Scenario(Workflow, ModelSQL, ModelView):
 
     @classmethod
     def validate_fields(cls, scenarios, field_names):
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
         super().validate_fields(scenarios, field_names)
         cls.check_domain(scenarios, field_names)
+        if not field_names or 'tracking' in field_names:
+            # The tree is shallow so walking it costs little
+            activities, todo = [], [a for s in scenarios for a in s.activities]
+            while todo:
+                activity = todo.pop()
+                activities.append(activity)
+                todo.extend(activity.children)
+            Activity.check_event(activities)
 
     @classmethod
     def check_domain(cls, scenarios, field_names=None):

@@ -25,8 +25,10 @@ from trytond.sendmail import get_smtp_server
 from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
+from . import bounce
+from .batch import sliced, sliced_rows
 from .email_ import html_to_text
-from .marketing_automation import current_time, new_token, sliced, sliced_rows
+from .marketing_automation import current_time, new_token
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +63,28 @@ def is_permanent(exception):
     return isinstance(exception, (ValueError, UnicodeError))
 
 
+def refusals(exception, recipients):
+    """Return the recipients that exception refused for good and those it
+    refused for now, at RCPT or at DATA"""
+    if isinstance(exception, smtplib.SMTPRecipientsRefused):
+        codes = {a: c for a, (c, _) in exception.recipients.items()}
+    elif isinstance(exception, smtplib.SMTPDataError):
+        codes = dict.fromkeys(recipients, exception.smtp_code)
+    else:
+        # The sender, the connection or the message: not the address
+        return [], []
+    return ([a for a, c in codes.items() if 500 <= c <= 599],
+        [a for a, c in codes.items() if 400 <= c <= 499])
+
+
 def envelope(message):
     """Return the sender and the recipients of the raw message
 
     Only its headers are parsed: sending the stored text as it is costs a
     fraction of parsing and generating the whole message again."""
     headers = HeaderParser().parsestr(message, headersonly=True)
-    sender = parseaddr(headers.get('Sender') or headers.get('From'))[1]
+    sender = parseaddr(headers.get('Return-Path') or headers.get('Sender')
+        or headers.get('From'))[1]
     recipients = [a for _, a in getaddresses(
             headers.get_all('To', []) + headers.get_all('Cc', []))]
     return sender, recipients
@@ -403,13 +420,15 @@ def _send(emails):
 
     Return the number sent and whether the server could be reached."""
     transaction = Transaction()
-    server, sent = None, 0
+    server, sent, delivered = None, 0, []
     for index, (email_id, message, attempts) in enumerate(emails):
+        recipients = []
         try:
+            sender, recipients = envelope(message)
             if server is None:
                 server = _connect()
             refused = server.sendmail(
-                *envelope(message), message.encode('utf-8'))
+                sender, recipients, message.encode('utf-8'))
             if refused:
                 raise smtplib.SMTPRecipientsRefused(refused)
         except Unreachable as exception:
@@ -419,6 +438,11 @@ def _send(emails):
             transaction.commit()
             return sent, False
         except Exception as exception:
+            hard, soft = refusals(exception, recipients)
+            if hard:
+                bounce.bounced(hard, str(exception))
+                bounce.flag_emails([email_id], 'email_bounced')
+            bounce.refused_for_now(soft, str(exception))
             if is_permanent(exception):
                 _fail(
                     [email_id], str(exception),
@@ -431,9 +455,12 @@ def _send(emails):
                     server = _close(server)
         else:
             _sent(email_id)
+            delivered.extend(recipients)
             sent += 1
         transaction.commit()
     _close(server)
+    bounce.delivered(delivered)
+    transaction.commit()
     return sent, True
 
 

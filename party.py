@@ -20,6 +20,10 @@ class Party(MarketingAutomationMixin, metaclass=PoolMeta):
         'party', 'scenario',
         "Unsubscribed Marketing Scenarios",
         help="The scenarios that never enrol this party again.")
+    marketing_tracking_refused = fields.Boolean(
+        "Refuse Marketing Tracking",
+        help="If checked, the marketing emails to the party track neither "
+        "opens nor clicks, whatever their scenario.")
 
     def get_marketing_party(self, name):
         return self.id

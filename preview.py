@@ -17,7 +17,7 @@ from trytond.pool import Pool
 from trytond.pyson import Bool, Eval
 from trytond.wizard import Button, StateTransition, StateView, Wizard
 
-from . import email_
+from . import bounce, email_
 from .exceptions import TestAddressError
 
 TEST_PREFIX = '[TEST] '
@@ -55,6 +55,10 @@ def render(activity, resource, to=None):
         if not party.contact_mechanism_get('email'):
             raise ValueError(gettext(
                     'marketing_automation.msg_no_email',
+                    party=party.rec_name))
+        if not bounce.usable_email(party):
+            raise ValueError(gettext(
+                    'marketing_automation.msg_email_bounced',
                     party=party.rec_name))
         to = email_.recipient(party)
     language = email_.languages({party.id})[party.id]

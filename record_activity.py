@@ -13,8 +13,9 @@ from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
 from . import tree
+from .batch import batch_size, sliced
 from .events import EmailEvents
-from .marketing_automation import batch_size, current_time, sliced
+from .marketing_automation import current_time
 from .outbox import EmailDelivery
 
 
@@ -49,6 +50,15 @@ class RecordActivity(
         "Email Filtered", readonly=True,
         states=_email_states,
         help="A scanner, a prefetch or a too early click was ignored.")
+    email_bounced = fields.Boolean(
+        "Email Bounced", readonly=True,
+        states=_email_states,
+        help="The mail server refused the address for good, at once or in "
+        "a delivery report.")
+    email_complained = fields.Boolean(
+        "Email Complained", readonly=True,
+        states=_email_states,
+        help="The recipient reported the email as spam.")
     state = fields.Selection([
             ('waiting', "Waiting"),
             ('done', "Done"),
@@ -80,7 +90,7 @@ class RecordActivity(
                 Index(t,
                     (t.activity, Index.Range()),
                     (t.at, Index.Range()),
-                    where=t.state == 'done'),
+                    where=t.state.in_(['done', 'failed'])),
                 })
         cls._order.insert(0, ('at', 'DESC NULLS FIRST'))
         cls._transitions |= {
@@ -104,6 +114,7 @@ class RecordActivity(
         return False
     default_email_opened = default_email_clicked = _default_flag
     default_email_opened_machine = default_email_filtered = _default_flag
+    default_email_bounced = default_email_complained = _default_flag
 
     @classmethod
     def get_activity_actions(cls):

@@ -12,7 +12,7 @@ from sql import Literal, Null
 from sql.aggregate import Count, Min, Sum
 from sql.conditionals import Case
 from sql.functions import DateTrunc
-from sql.operators import Mul
+from sql.operators import Exists, Mul
 
 from trytond.model import ModelSQL, ModelView, fields
 from trytond.pool import Pool
@@ -21,7 +21,7 @@ from trytond.tools import reduce_ids
 from trytond.tools.chart import sparkline
 from trytond.transaction import Transaction
 
-from .marketing_automation import sliced
+from .batch import sliced
 
 PERIODS = {
     'year': relativedelta(years=1),
@@ -114,6 +114,11 @@ class Scenario(ModelSQL, ModelView):
     record_count = fields.Integer("Records")
     record_count_blocked = fields.Integer("Records Blocked")
     block_rate = fields.Float("Block Rate", digits=(1, 2))
+    email_bounced = fields.Integer(
+        "Records Bounced", help="The records an email of which bounced.")
+    email_complained = fields.Integer(
+        "Records Complained",
+        help="The records an email of which was reported as spam.")
 
     @classmethod
     def __setup__(cls):
@@ -124,9 +129,18 @@ class Scenario(ModelSQL, ModelView):
     def table_query(cls):
         pool = Pool()
         Record = pool.get('marketing.automation.record')
+        RecordActivity = pool.get('marketing.automation.record.activity')
         record = Record.__table__()
         date = _date(record.create_date)
         blocked = _count(record.blocked == Literal(True))
+
+        def flagged(column):
+            record_activity = RecordActivity.__table__()
+            return _count(Exists(record_activity.select(
+                        record_activity.id,
+                        where=(record_activity.record == record.id)
+                        & (getattr(record_activity, column)
+                            == Literal(True)))))
         return record.select(
             Min(record.id).as_('id'),
             date.as_('date'),
@@ -134,6 +148,8 @@ class Scenario(ModelSQL, ModelView):
             Count().as_('record_count'),
             blocked.as_('record_count_blocked'),
             _rate(blocked, Count()).as_('block_rate'),
+            flagged('email_bounced').as_('email_bounced'),
+            flagged('email_complained').as_('email_complained'),
             where=_dates_where(record.create_date),
             group_by=[date.as_('date'), record.scenario])
 
@@ -151,6 +167,8 @@ class Activity(ModelSQL, ModelView):
     email_clicked = fields.Integer("Emails Clicked")
     email_opened_machine = fields.Integer("Emails Opened by Machine")
     email_filtered = fields.Integer("Emails Filtered")
+    email_bounced = fields.Integer("Emails Bounced")
+    email_complained = fields.Integer("Emails Complained")
     email_open_rate = fields.Float("Email Open Rate", digits=(1, 2))
     email_click_rate = fields.Float("Email Click Rate", digits=(1, 2))
     email_click_through_rate = fields.Float(
@@ -175,7 +193,7 @@ class Activity(ModelSQL, ModelView):
         record_activity = RecordActivity.__table__()
         activity = Activity.__table__()
         date = _date(record_activity.at)
-        done = Count()
+        done = _count(record_activity.state == 'done')
         opened = _count(record_activity.email_opened == Literal(True))
         clicked = _count(record_activity.email_clicked == Literal(True))
         return record_activity.join(activity,
@@ -192,10 +210,15 @@ class Activity(ModelSQL, ModelView):
                     == Literal(True)).as_('email_opened_machine'),
                 _count(record_activity.email_filtered
                     == Literal(True)).as_('email_filtered'),
+                _count(record_activity.email_bounced
+                    == Literal(True)).as_('email_bounced'),
+                _count(record_activity.email_complained
+                    == Literal(True)).as_('email_complained'),
                 _rate(opened, done).as_('email_open_rate'),
                 _rate(clicked, done).as_('email_click_rate'),
                 _rate(clicked, opened).as_('email_click_through_rate'),
-                where=(record_activity.state == 'done')
+                # A bounced email may have failed its record activity
+                where=record_activity.state.in_(['done', 'failed'])
                 & (record_activity.at != Null)
                 & _dates_where(record_activity.at),
                 group_by=[date.as_('date'), record_activity.activity,

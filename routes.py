@@ -113,6 +113,20 @@ def email_open(request, pool, token):
     return pixel()
 
 
+@app.route('/m/<database_name>/oa/<token>.gif', methods={'GET', 'HEAD'})
+@public
+@tracking(on_bad=pixel)
+@with_pool
+@with_transaction(readonly=False)
+def email_open_counted(request, pool, token):
+    "Count an open of the emails of an activity, without knowing whose"
+    Activity = pool.get('marketing.automation.activity')
+    if scanner.classify(request) == scanner.PERSON:
+        if not Activity.count_open(token):
+            return pixel(status=HTTPStatus.NOT_FOUND)
+    return pixel()
+
+
 def _event(tracked):
     return Event(
         tracked.record_activity, tracked.activity, tracked.record,

@@ -48,6 +48,7 @@ requires.append('trytond %s' % trytond_range)
 tests_require = [
     'proteus %s' % trytond_range,
     'trytond_sale %s' % trytond_range,
+    'trytond_inbound_email %s' % trytond_range,
     'trytond_web_shortener %s' % trytond_range,
     'aiosmtpd',
     'hypothesis',

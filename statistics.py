@@ -1,9 +1,10 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
-"The statistics of the activities: what was done, opened and clicked"
+"""The statistics of the scenarios and the activities: what was done,
+opened, clicked, bounced and complained of"""
 from collections import defaultdict
 
-from sql.aggregate import Count, Sum
+from sql.aggregate import Sum
 from sql.conditionals import Case
 
 from trytond.model import fields
@@ -12,8 +13,7 @@ from trytond.pyson import Eval
 from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
-from .marketing_automation import sliced
-from .reporting import trends
+from .batch import sliced
 
 
 def _statistic(field):
@@ -44,6 +44,16 @@ class ActivityStatistics:
             "Emails Filtered", states=_email_states,
             help="Emails on which an open or a click was ignored as a "
             "scanner's, a prefetch's or too early: they move no branch."))
+    email_opened_count = fields.Integer(
+        "Opens Counted", readonly=True, states=_email_states,
+        help="How many times the emails were opened, counted without "
+        "keeping by whom, when the scenario counts opens by activity.")
+    email_open_token = fields.Char(
+        "Open Token", readonly=True, strip=False)
+    email_bounced = _statistic(fields.Integer(
+            "Emails Bounced", states=_email_states))
+    email_complained = _statistic(fields.Integer(
+            "Emails Complained", states=_email_states))
     email_open_rate = _statistic(fields.Float(
             "Email Open Rate", digits=(1, 2), states=_email_states))
     email_click_rate = _statistic(fields.Float(
@@ -60,7 +70,33 @@ class ActivityStatistics:
     del _email_states
 
     @classmethod
+    def default_email_opened_count(cls):
+        return 0
+
+    @classmethod
+    def count_open(cls, token):
+        """Count an open of the emails of the activity of token and tell
+        whether there is one"""
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        # One statement: the route runs at each open
+        cursor.execute(*table.update(
+                [table.email_opened_count],
+                [table.email_opened_count + 1],
+                where=table.email_open_token == token))
+        return bool(cursor.rowcount)
+
+    @classmethod
+    def copy(cls, activities, default=None):
+        default = default.copy() if default is not None else {}
+        default.setdefault('email_opened_count', 0)
+        default.setdefault('email_open_token')
+        return super().copy(activities, default=default)
+
+    @classmethod
     def get_trend(cls, activities, names):
+        # reporting needs the module's helpers, which need this mixin
+        from .reporting import trends
         pool = Pool()
         Report = pool.get('marketing.automation.reporting.activity')
         return trends(Report, 'activity', [a.id for a in activities], names)
@@ -73,32 +109,36 @@ class ActivityStatistics:
         record_activity = RecordActivity.__table__()
 
         values = {n: defaultdict(lambda: None) for n in names}
+
+        def count(condition):
+            return Sum(Case((condition, 1), else_=0))
         for sub_ids in sliced(activities):
             sub_ids = list(map(int, sub_ids))
+            # A bounced email may have failed its record activity
             cursor.execute(*record_activity.select(
                     record_activity.activity,
-                    Count(),
-                    Sum(Case((record_activity.email_opened, 1), else_=0)),
-                    Sum(Case((record_activity.email_clicked, 1), else_=0)),
-                    Sum(Case(
-                            (record_activity.email_opened_machine, 1),
-                            else_=0)),
-                    Sum(Case(
-                            (record_activity.email_filtered, 1), else_=0)),
+                    count(record_activity.state == 'done'),
+                    count(record_activity.email_opened),
+                    count(record_activity.email_clicked),
+                    count(record_activity.email_opened_machine),
+                    count(record_activity.email_filtered),
+                    count(record_activity.email_bounced),
+                    count(record_activity.email_complained),
                     where=reduce_ids(record_activity.activity, sub_ids)
-                    & (record_activity.state == 'done'),
+                    & record_activity.state.in_(['done', 'failed']),
                     group_by=record_activity.activity))
-            counts = {a: (d, o or 0, c or 0, m or 0, f or 0)
-                for a, d, o, c, m, f in cursor}
+            counts = {a: [c or 0 for c in row] for a, *row in cursor}
             for activity_id in sub_ids:
-                done, opened, clicked, machine, filtered = counts.get(
-                    activity_id, (0, 0, 0, 0, 0))
+                (done, opened, clicked, machine, filtered, bounced,
+                    complained) = counts.get(activity_id, [0] * 7)
                 row = {
                     'record_count': done,
                     'email_opened': opened,
                     'email_opened_machine': machine,
                     'email_clicked': clicked,
                     'email_filtered': filtered,
+                    'email_bounced': bounced,
+                    'email_complained': complained,
                     'email_open_rate': (
                         round(opened / done, 2) if done else 0.),
                     'email_click_rate': (
@@ -108,4 +148,43 @@ class ActivityStatistics:
                     }
                 for name in names:
                     values[name][activity_id] = row[name]
+        return values
+
+
+class ScenarioStatistics:
+    "The bounces and the complaints of a scenario, one query by slice"
+    __slots__ = ()
+
+    email_bounced = fields.Function(
+        fields.Integer("Emails Bounced"), 'get_email_feedback')
+    email_complained = fields.Function(
+        fields.Integer("Emails Complained"), 'get_email_feedback')
+
+    @classmethod
+    def get_email_feedback(cls, scenarios, names):
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        record = Record.__table__()
+        record_activity = RecordActivity.__table__()
+        cursor = Transaction().connection.cursor()
+        values = {n: dict.fromkeys(map(int, scenarios), 0) for n in names}
+        for sub_ids in sliced(list(map(int, scenarios))):
+            cursor.execute(*record_activity.join(record,
+                    condition=record_activity.record == record.id
+                    ).select(
+                    record.scenario,
+                    Sum(Case((record_activity.email_bounced, 1), else_=0)),
+                    Sum(Case((record_activity.email_complained, 1), else_=0)),
+                    where=reduce_ids(record.scenario, sub_ids)
+                    & (record_activity.email_bounced
+                        | record_activity.email_complained),
+                    group_by=record.scenario))
+            for scenario_id, bounced, complained in cursor:
+                row = {
+                    'email_bounced': bounced or 0,
+                    'email_complained': complained or 0,
+                    }
+                for name in names:
+                    values[name][scenario_id] = row[name]
         return values

@@ -14,7 +14,7 @@ from trytond.pool import Pool
 from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
-from .marketing_automation import sliced, sliced_rows
+from .batch import sliced, sliced_rows
 
 # A record activity done whose email an event happened to
 Event = namedtuple(
@@ -36,9 +36,10 @@ def create_waiting(rows, now):
     columns = [table.record, table.activity, table.at, table.state,
         table.email_opened, table.email_clicked,
         table.email_opened_machine, table.email_filtered,
+        table.email_bounced, table.email_complained,
         table.create_uid, table.create_date]
     values = [[record, activity, at, 'waiting', False, False, False,
-            False, transaction.user, now]
+            False, False, False, transaction.user, now]
         for record, activity, at in rows]
     for sub_values in sliced_rows(values, len(columns)):
         cursor.execute(*table.insert(columns, list(sub_values)))

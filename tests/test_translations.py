@@ -84,7 +84,7 @@ def check(language, strings):
 
 class TranslationTestCase(DatabaseTestCase):
     "Translations"
-    modules = ['marketing_automation', 'sale']
+    modules = ['marketing_automation', 'sale', 'inbound_email']
 
     @with_transaction()
     def test_every_language(self):

@@ -261,10 +261,11 @@ def restore_configuration():
 
 
 @contextlib.contextmanager
-def smtp_server(**kwargs):
-    "Run an SMTPServer and send trytond's emails to it during the block"
+def smtp_server(server=None, **kwargs):
+    """Run server, by default an SMTPServer, and send trytond's emails to it
+    during the block"""
     uri = config.get('email', 'uri')
-    with SMTPServer(**kwargs) as server:
+    with (server or SMTPServer(**kwargs)) as server:
         config.set('email', 'uri', server.uri)
         try:
             yield server
@@ -339,8 +340,8 @@ def tracked(message):
 
 
 def open_images(message):
-    "Return the open image URLs of message"
-    return [u for u in links(message) if _kind(u) == 'o']
+    "Return the open image URLs of message, by recipient or by activity"
+    return [u for u in links(message) if _kind(u) in {'o', 'oa'}]
 
 
 def unsubscribe_links(message):
