@@ -199,6 +199,8 @@ def _parties(record_activities):
         mechanisms[mechanism.party.id].append(mechanism)
     parties = {}
     for party in Party.browse(party_ids):
+        # Read by batch before a change makes each party read alone
+        party.rec_name, party.marketing_tracking_refused
         party.contact_mechanisms = mechanisms[party.id]
         parties[party.id] = party
     result = {}
@@ -253,7 +255,7 @@ def compose(activity, record_activities):
         Activity.write([activity], {'email_open_token': new_token()})
 
     parties = _parties(record_activities)
-    by_language, errors = _by_language(record_activities, parties)
+    by_language, addresses, errors = _by_language(record_activities, parties)
 
     rows = []
     for language, language_activities in by_language.items():
@@ -269,7 +271,8 @@ def compose(activity, record_activities):
             resource, party = parties[record_activity]
             try:
                 rows.append(_render(
-                        record_activity, resource, party, templates))
+                        record_activity, resource, party, templates,
+                        addresses[party.id]))
             except Exception as exception:
                 errors[record_activity] = gettext(
                     'marketing_automation.msg_render_failed',
@@ -313,10 +316,22 @@ class Templates(namedtuple('Templates', [
 
 
 def _by_language(record_activities, parties):
-    """Return the record activities that have a recipient by language, and
-    the error of those that have none"""
+    """Return the record activities that have a recipient by language, the
+    address of each party, and the error of those that have none"""
     party_languages = languages(
         {p.id for _, p in parties.values() if p is not None})
+    # Once by party: a party may have several records
+    addresses, no_address = {}, {}
+    for party in {p for _, p in parties.values() if p is not None}:
+        if bounce.usable_email(party):
+            addresses[party.id] = recipient(party)
+        elif party.contact_mechanism_get('email'):
+            no_address[party.id] = gettext(
+                'marketing_automation.msg_email_bounced',
+                party=party.rec_name)
+        else:
+            no_address[party.id] = gettext(
+                'marketing_automation.msg_no_email', party=party.rec_name)
     by_language, errors = defaultdict(list), {}
     for record_activity in record_activities:
         _, party = parties[record_activity]
@@ -324,17 +339,11 @@ def _by_language(record_activities, parties):
             errors[record_activity] = gettext(
                 'marketing_automation.msg_no_party',
                 record=record_activity.record.rec_name)
-        elif not party.contact_mechanism_get('email'):
-            errors[record_activity] = gettext(
-                'marketing_automation.msg_no_email',
-                party=party.rec_name)
-        elif not bounce.usable_email(party):
-            errors[record_activity] = gettext(
-                'marketing_automation.msg_email_bounced',
-                party=party.rec_name)
+        elif party.id in no_address:
+            errors[record_activity] = no_address[party.id]
         else:
             by_language[party_languages[party.id]].append(record_activity)
-    return by_language, errors
+    return by_language, addresses, errors
 
 
 def recipient(party):
@@ -343,8 +352,8 @@ def recipient(party):
     return format_address(mechanism.value, mechanism.name or party.rec_name)
 
 
-def _render(record_activity, resource, party, templates):
-    "Return the outbox row of the email of record_activity"
+def _render(record_activity, resource, party, templates, to):
+    "Return the outbox row of the email of record_activity to the address to"
     token = new_token()
     links = {}
     record = record_activity.record
@@ -358,7 +367,7 @@ def _render(record_activity, resource, party, templates):
     elif tracking == 'aggregate':
         image = aggregate_open_url(record_activity.activity.email_open_token)
     subject, body, message = templates.render(
-        resource, recipient(party),
+        resource, to,
         track(token, record.uuid, links,
             clicks=tracking in {'full', 'clicks'}, image=image),
         unsubscribe_url(record.uuid),

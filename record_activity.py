@@ -210,8 +210,9 @@ class RecordActivity(
         done, cancelled, failed = [], [], defaultdict(list)
         for activity, activities in by_activity.items():
             due, errors = activity.filter_due(activities)
-            cancelled.extend(
-                ra for ra in activities if ra not in due and ra not in errors)
+            # Sets: a batch is hundreds of record activities
+            kept = set(due) | set(errors)
+            cancelled.extend(ra for ra in activities if ra not in kept)
             if due and activity.action:
                 errors.update(getattr(
                         activity, 'execute_' + activity.action)(due) or {})
@@ -323,26 +324,35 @@ class RecordActivity(
 
 
 def _lock_waiting(RecordActivity, record_activities):
-    """Lock the record activities which are still waiting and return them
+    """Lock the record activities which are still due and return them
 
     A concurrent run that executed them already makes this run fail and
-    retry, so no email is composed twice."""
+    retry, so no email is composed twice. A worker may run them later than
+    they were selected: those of a record blocked or of a scenario stopped
+    since are left."""
+    pool = Pool()
+    Record = pool.get('marketing.automation.record')
+    Scenario = pool.get('marketing.automation.scenario')
     table = RecordActivity.__table__()
+    record = Record.__table__()
+    scenario = Scenario.__table__()
     transaction = Transaction()
     cursor = transaction.connection.cursor()
-    waiting = set()
+    now = current_time()
+    due = set()
+    # Subqueries, so that only the record activities are locked
+    running = record.select(record.id,
+        where=((record.blocked == Null) | (record.blocked == Literal(False)))
+        & record.scenario.in_(scenario.select(
+                scenario.id, where=scenario.state == 'running')))
     for sub_ids in sliced(list(map(int, record_activities))):
         query = table.select(table.id,
             where=reduce_ids(table.id, sub_ids)
-            & (table.state == 'waiting'))
+            & (table.state == 'waiting')
+            & (table.at <= now)
+            & table.record.in_(running))
         if transaction.database.has_select_for():
             query.for_ = For('UPDATE')
         cursor.execute(*query)
-        waiting.update(i for i, in cursor)
-    # A worker may run them later: keep those which are still due
-    now = current_time()
-    return [ra for ra in record_activities
-        if ra.id in waiting
-        and ra.at is not None and ra.at <= now
-        and not ra.record.blocked
-        and ra.record.scenario.state == 'running']
+        due.update(i for i, in cursor)
+    return [ra for ra in record_activities if ra.id in due]
