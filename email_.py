@@ -1,13 +1,18 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
 "Compose the emails of an activity and track their links and opens"
+import email
 import hashlib
 import json
 import re
 from collections import defaultdict, namedtuple
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import formatdate, make_msgid, parseaddr
+from email.charset import QP, Charset
+from email.header import Header
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.policy import compat32
+from email.policy import default as default_policy
+from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from functools import lru_cache
 from urllib.parse import quote
 
@@ -27,8 +32,13 @@ from .exceptions import AutomationBaseError
 from .marketing_automation import new_token
 
 UNSUBSCRIBE = 'unsubscribe'
-# Folding would encode a long List-Unsubscribe URL and break it
-SMTP_LONG_LINES = SMTP.clone(max_line_length=998)
+# The legacy API stores headers as given: parsing each one with the
+# registry of email.policy.default cost more than rendering the template.
+# The headers that need it are encoded and folded as they are set, and the
+# others are never folded: folding would break a long List-Unsubscribe URL.
+OUTBOX_POLICY = compat32.clone(linesep='\r\n', max_line_length=0)
+UTF8_QP = Charset('utf-8')
+UTF8_QP.body_encoding = QP
 # Links that a redirect would break are left as they are
 UNTRACKED = re.compile(r'^(mailto:|tel:|sms:|#|\$)', re.IGNORECASE)
 
@@ -303,12 +313,13 @@ class Templates(namedtuple('Templates', [
         sandbox.email_template(template)
         return cls(title, template, configured_sender, sender, helpers)
 
-    def render(self, resource, to, filter_, unsubscribe, headers=None):
+    def render(self, resource, to, filter_, unsubscribe, headers=None,
+            prefix=''):
         """Return the subject, the HTML body and the message to the address
         to of resource, its links passed through filter_, with the headers
-        given"""
+        given and prefix before the subject"""
         context = sandbox.template_context(resource, self.helpers)
-        subject = sandbox.render_title(self.title, context)
+        subject = prefix + sandbox.render_title(self.title, context)
         body = sandbox.render_email(self.template, context, filter_)
         return subject, body, _message(
             self.configured_sender, self.sender, to, subject, body,
@@ -373,7 +384,7 @@ def _render(record_activity, resource, party, templates, to):
         unsubscribe_url(record.uuid),
         headers=_headers(token, record_activity, templates.sender))
     return {
-        'recipients': message['To'],
+        'recipients': to,
         'subject': subject,
         'body': body,
         'message_id': message['Message-ID'],
@@ -383,8 +394,7 @@ def _render(record_activity, resource, party, templates, to):
         'marketing_automation_record_activity': record_activity.id,
         'marketing_automation_token': token,
         'marketing_automation_links': json.dumps(links),
-        'marketing_automation_message': message.as_string(
-            policy=SMTP_LONG_LINES),
+        'marketing_automation_message': as_text(message),
         }
 
 
@@ -410,10 +420,12 @@ def _headers(token, record_activity, sender):
 def _message(
         configured_sender, sender, to, subject, body, unsubscribe, headers):
     headers = dict(headers)
-    message = EmailMessage()
-    set_from_header(message, configured_sender or sender, sender)
-    message['To'] = to
-    message['Subject'] = subject
+    # A boundary of ours spares the generator a search of the body for it
+    message = MIMEMultipart('alternative', boundary='=_' + new_token())
+    set_from_header(
+        _AddressHeaders(message), configured_sender or sender, sender)
+    message['To'] = _encoded('To', _address(to))
+    message['Subject'] = _encoded('Subject', subject)
     message['Date'] = formatdate(localtime=True)
     message['Message-ID'] = (
         headers.pop('Message-ID', None) or make_msgid(domain=_domain(sender)))
@@ -422,9 +434,45 @@ def _message(
     # RFC 2369 and RFC 8058 one-click unsubscribe
     message['List-Unsubscribe'] = '<%s>' % unsubscribe
     message['List-Unsubscribe-Post'] = 'List-Unsubscribe=One-Click'
-    message.set_content(html_to_text(body), subtype='plain')
-    message.add_alternative(body, subtype='html')
+    for content, subtype in [(html_to_text(body), 'plain'), (body, 'html')]:
+        part = MIMEText(content, subtype, UTF8_QP)
+        del part['MIME-Version']
+        message.attach(part)
     return message
+
+
+class _AddressHeaders:
+    "The headers of message, for set_from_header, encoded as addresses"
+
+    def __init__(self, message):
+        self.message = message
+
+    def __setitem__(self, name, value):
+        self.message[name] = _encoded(name, _address(value))
+
+
+def _address(value):
+    "Return the address value with its name encoded as RFC 2047 asks"
+    return formataddr(parseaddr(value), charset='utf-8')
+
+
+def _encoded(name, value):
+    "Return the value of the header name encoded and folded if it must"
+    if value.isascii() and len(name) + len(value) < 76:
+        return value
+    return Header(value, header_name=name).encode(linesep='\r\n')
+
+
+def as_text(message):
+    "Return the text of message as the outbox keeps and sends it"
+    return message.as_string(policy=OUTBOX_POLICY)
+
+
+def parsed(message):
+    "Return message as an EmailMessage, its headers decoded"
+    return email.message_from_string(
+        message.as_string(policy=OUTBOX_POLICY.clone(linesep='\n')),
+        policy=default_policy)
 
 
 def _domain(address):

@@ -42,9 +42,10 @@ def record_models(scenario):
     return []
 
 
-def render(activity, resource, to=None):
+def render(activity, resource, to=None, prefix=''):
     """Return the subject, the HTML and the message of the email of activity
-    for resource, in the language of its party, to its party or to
+    for resource, in the language of its party, to its party or to, with
+    prefix before its subject
 
     Raise an exception that says why it cannot be rendered."""
     party = resource.marketing_party
@@ -65,7 +66,8 @@ def render(activity, resource, to=None):
     templates = email_.Templates.of(activity, language)
     unsubscribe = email_.unsubscribe_url(TEST_RECORD)
     return templates.render(
-        resource, to, email_.untracked(unsubscribe), unsubscribe)
+        resource, to, email_.untracked(unsubscribe), unsubscribe,
+        prefix=prefix)
 
 
 def test_addresses(text):
@@ -103,9 +105,8 @@ def send_test(activity, resource, addresses):
     Email = pool.get('ir.email')
     rows = []
     for address in addresses:
-        subject, body, message = render(activity, resource, to=address)
-        subject = TEST_PREFIX + subject
-        message.replace_header('Subject', subject)
+        subject, body, message = render(
+            activity, resource, to=address, prefix=TEST_PREFIX)
         rows.append({
                 'recipients': address,
                 'subject': subject,
@@ -114,8 +115,7 @@ def send_test(activity, resource, addresses):
                 'resource': str(resource),
                 'marketing_automation_activity': activity.id,
                 'marketing_automation_test': True,
-                'marketing_automation_message': message.as_string(
-                    policy=email_.SMTP_LONG_LINES),
+                'marketing_automation_message': email_.as_text(message),
                 })
     return Email.browse(Email.marketing_automation_send_now(rows))
 
@@ -178,6 +178,7 @@ class PreviewStart(ModelView):
                 'marketing_automation.msg_render_failed',
                 activity=self.activity.rec_name, exception=exception)
             return
+        message = email_.parsed(message)
         self.subject = subject
         self.from_ = message['From']
         self.to = message['To']
