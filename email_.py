@@ -392,6 +392,7 @@ def _render(record_activity, resource, party, templates, to):
         'marketing_automation_activity': record_activity.activity.id,
         'marketing_automation_record': record.id,
         'marketing_automation_record_activity': record_activity.id,
+        'marketing_automation_party': party.id,
         'marketing_automation_token': token,
         'marketing_automation_links': json.dumps(links),
         'marketing_automation_message': as_text(message),

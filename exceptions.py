@@ -25,6 +25,14 @@ class DelayError(ValidationError):
     pass
 
 
+class WindowError(ValidationError):
+    pass
+
+
+class GoalError(ValidationError):
+    pass
+
+
 class AutomationBaseError(UserError):
     pass
 

@@ -311,7 +311,11 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
         pool = Pool()
         Record = pool.get('marketing.automation.record')
         self._lock_enrolment()
-        return sum(Record.enrol(self, ids) for ids in self.candidates())
+        count = sum(Record.enrol(self, ids) for ids in self.candidates())
+        if count and self.goal:
+            # Those that met the goal already are not sent anything
+            self.convert_records()
+        return count
 
     def candidates(self):
         """Yield by batches the ids of the records that the domain matches

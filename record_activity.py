@@ -12,7 +12,7 @@ from trytond.pyson import Eval, If
 from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
-from . import tree
+from . import deferral, tree
 from .batch import batch_size, sliced
 from .events import EmailEvents
 from .marketing_automation import current_time
@@ -65,6 +65,17 @@ class RecordActivity(
             ('cancelled', "Cancelled"),
             ('failed', "Failed"),
             ], "State", required=True, readonly=True, sort=False)
+    deferred = fields.Selection([
+            (None, ""),
+            ('window', "Sending Window"),
+            ('frequency', "Frequency Cap"),
+            ], "Deferred", readonly=True, sort=False,
+        states={
+            'invisible': ~Eval('deferred'),
+            },
+        help="Why the activity waits beyond its date: its email may go "
+        "only when the scenario sends, or the party had its share of "
+        "emails.")
     error = fields.Text(
         "Error", readonly=True,
         states={
@@ -146,8 +157,12 @@ class RecordActivity(
         "Run the due record activities by batches, then send their emails"
         pool = Pool()
         Email = pool.get('ir.email')
+        Scenario = pool.get('marketing.automation.scenario')
         transaction = Transaction()
         has_worker = config.getboolean('queue', 'worker', default=False)
+        # Nothing more goes to the records that met the goal
+        Scenario.check_goals()
+        transaction.commit()
         for record_activities in cls.due():
             if has_worker:
                 with transaction.set_context(
@@ -208,11 +223,14 @@ class RecordActivity(
             by_activity[record_activity.activity].append(record_activity)
 
         done, cancelled, failed = [], [], defaultdict(list)
+        deferred = {}
         for activity, activities in by_activity.items():
             due, errors = activity.filter_due(activities)
             # Sets: a batch is hundreds of record activities
             kept = set(due) | set(errors)
             cancelled.extend(ra for ra in activities if ra not in kept)
+            due, waits = deferral.defer(activity, due, now)
+            deferred.update(waits)
             if due and activity.action:
                 errors.update(getattr(
                         activity, 'execute_' + activity.action)(due) or {})
@@ -222,6 +240,7 @@ class RecordActivity(
 
         cls.do(done, at=now)
         cls.cancel(cancelled, at=now)
+        cls.defer(deferred)
         for error, activities in failed.items():
             cls.fail(activities, error, at=now)
         tree.schedule_children(done, now)
@@ -233,7 +252,28 @@ class RecordActivity(
     @classmethod
     def do(cls, record_activities, at):
         "The activity ran for these records"
-        cls._transition(record_activities, 'done', at=at)
+        cls._transition(record_activities, 'done', at=at, clear=['deferred'])
+
+    @classmethod
+    def defer(cls, deferred):
+        """Keep waiting the record activities of deferred, a mapping to the
+        reason and the date until which each one waits"""
+        table = cls.__table__()
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        by_reason = defaultdict(list)
+        for record_activity, reason_at in deferred.items():
+            by_reason[reason_at].append(record_activity.id)
+        for (reason, at), ids in by_reason.items():
+            for sub_ids in sliced(ids):
+                cursor.execute(*table.update(
+                        [table.deferred, table.at, table.write_uid,
+                            table.write_date],
+                        [reason, at, transaction.user, current_time()],
+                        where=reduce_ids(table.id, sub_ids)
+                        & (table.state == 'waiting')))
+        if deferred:
+            cls.forget(list(deferred))
 
     @classmethod
     def cancel(cls, record_activities, at=None):
@@ -276,24 +316,28 @@ class RecordActivity(
         cls.forget()
 
     @classmethod
-    def _transition(cls, record_activities, state, **values):
+    def _transition(cls, record_activities, state, clear=(), **values):
         """Change to state the record activities that can go to it, with
-        values, in one statement by slice"""
+        values and the columns of clear emptied, in one statement by
+        slice"""
         for sub_ids in sliced(list(map(int, record_activities))):
             sub_ids = list(sub_ids)
             cls._update_state(
-                lambda table: reduce_ids(table.id, sub_ids), state, **values)
+                lambda table: reduce_ids(table.id, sub_ids), state,
+                clear=clear, **values)
         cls.forget(record_activities)
 
     @classmethod
-    def _update_state(cls, where, state, **values):
-        """Change to state, with values, the record activities that
-        where(table) selects and that can go to it"""
+    def _update_state(cls, where, state, clear=(), **values):
+        """Change to state, with values and the columns of clear emptied,
+        the record activities that where(table) selects and that can go
+        to it"""
         table = cls.__table__()
         transaction = Transaction()
         cursor = transaction.connection.cursor()
         sources = [s for s, t in cls._transitions if t == state]
         values = {k: v for k, v in values.items() if v is not None}
+        values.update(dict.fromkeys(clear, Null))
         values.update(
             state=state, write_uid=transaction.user,
             write_date=current_time())

@@ -22,6 +22,7 @@ from trytond.tools.chart import sparkline
 from trytond.transaction import Transaction
 
 from .batch import sliced
+from .goal import converted_count
 
 PERIODS = {
     'year': relativedelta(years=1),
@@ -119,6 +120,9 @@ class Scenario(ModelSQL, ModelView):
     email_complained = fields.Integer(
         "Records Complained",
         help="The records an email of which was reported as spam.")
+    record_count_converted = fields.Integer(
+        "Records Converted", help="The records that met the goal.")
+    conversion_rate = fields.Float("Conversion Rate", digits=(1, 2))
 
     @classmethod
     def __setup__(cls):
@@ -150,6 +154,8 @@ class Scenario(ModelSQL, ModelView):
             _rate(blocked, Count()).as_('block_rate'),
             flagged('email_bounced').as_('email_bounced'),
             flagged('email_complained').as_('email_complained'),
+            converted_count(record).as_('record_count_converted'),
+            _rate(converted_count(record), Count()).as_('conversion_rate'),
             where=_dates_where(record.create_date),
             group_by=[date.as_('date'), record.scenario])
 

@@ -1,0 +1,268 @@
+# This file is part of Tryton.  The COPYRIGHT file at the top level of
+# this repository contains the full copyright notices and license terms.
+"""Why and until when a due email waits: the sending window of its scenario
+and the frequency cap of its party"""
+import datetime as dt
+import zlib
+from collections import defaultdict, namedtuple
+
+from sql import Literal, Null
+from sql.conditionals import Coalesce
+from sql.functions import Function
+
+from trytond.i18n import gettext
+from trytond.model import Index, fields
+from trytond.pool import Pool, PoolMeta
+from trytond.pyson import Eval
+from trytond.tools import reduce_ids
+from trytond.tools import timezone as tz
+from trytond.transaction import Transaction
+
+from .batch import sliced
+from .exceptions import WindowError
+
+TIMEZONES = [(None, "")] + sorted((z, z) for z in tz.available_timezones())
+WEEKDAYS = [
+    ('0', "Monday"), ('1', "Tuesday"), ('2', "Wednesday"), ('3', "Thursday"),
+    ('4', "Friday"), ('5', "Saturday"), ('6', "Sunday"),
+    ]
+# The key of the advisory locks that serialise the cap of a party
+CAP_LOCK = zlib.crc32(b'marketing_automation frequency cap') & 0x7fffffff
+
+
+class Window(namedtuple('Window', ['weekdays', 'start', 'end'])):
+    """When emails may go, in local time: on the weekdays (0 is Monday),
+    from start until end, on the next day when end is not after start"""
+    __slots__ = ()
+
+    def intervals(self, day, tzinfo):
+        "Yield the opening and the closing in UTC of the window of day"
+        if day.weekday() not in self.weekdays:
+            return
+        start = self.start or dt.time()
+        end_day = day
+        if self.end is None or self.end <= start:
+            end_day += dt.timedelta(days=1)
+        # A time that does not exist in a change of hour is taken with the
+        # offset before it, so it falls just after the gap
+        opening, closing = (
+            dt.datetime.combine(d, t, tzinfo).astimezone(tz.UTC)
+            for d, t in [(day, start), (end_day, self.end or dt.time())])
+        yield opening.replace(tzinfo=None), closing.replace(tzinfo=None)
+
+    def next_opening(self, now, tzinfo):
+        """Return None when the window is open at now, else when it opens
+        next; now and the result are naive UTC"""
+        local = now.replace(tzinfo=tz.UTC).astimezone(tzinfo).date()
+        openings = []
+        # From the day before, for a window that crosses midnight
+        for offset in range(-1, 8):
+            day = local + dt.timedelta(days=offset)
+            for opening, closing in self.intervals(day, tzinfo):
+                if opening <= now < closing:
+                    return None
+                if opening > now:
+                    openings.append(opening)
+        return min(openings)
+
+
+class Scenario(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.scenario'
+
+    frequency_cap_exempt = fields.Boolean(
+        "Exempt from Frequency Cap",
+        help="Its emails are neither held back nor counted by the frequency "
+        "cap: for scenarios of transactional emails.")
+    window_weekdays = fields.MultiSelection(
+        WEEKDAYS, "Sending Days", sort=False,
+        help="The days on which emails may go.\n"
+        "Leave empty to send at any time.")
+    window_start = fields.Time(
+        "Sending From",
+        states={
+            'invisible': ~Eval('window_weekdays'),
+            })
+    window_end = fields.Time(
+        "Sending Until",
+        states={
+            'invisible': ~Eval('window_weekdays'),
+            },
+        help="Earlier than the start for hours that cross midnight.")
+    window_timezone = fields.Selection(
+        TIMEZONES, "Sending Time Zone", translate=False,
+        states={
+            'invisible': ~Eval('window_weekdays'),
+            },
+        help="Of the hours, when the party has none.\n"
+        "The company's when empty.")
+
+    @classmethod
+    def default_frequency_cap_exempt(cls):
+        return False
+
+    @property
+    def window(self):
+        if self.window_weekdays:
+            return Window(
+                frozenset(map(int, self.window_weekdays)),
+                self.window_start, self.window_end)
+
+    @classmethod
+    def validate_fields(cls, scenarios, field_names):
+        super().validate_fields(scenarios, field_names)
+        cls.check_window(scenarios, field_names)
+
+    @classmethod
+    def check_window(cls, scenarios, field_names=None):
+        if field_names and not (
+                field_names & {'window_start', 'window_end'}):
+            return
+        for scenario in scenarios:
+            if (scenario.window_start is not None
+                    and scenario.window_start == scenario.window_end):
+                raise WindowError(gettext(
+                        'marketing_automation.msg_scenario_window_empty',
+                        scenario=scenario.rec_name))
+
+
+class Email(metaclass=PoolMeta):
+    __name__ = 'ir.email'
+
+    marketing_automation_party = fields.Many2One(
+        'party.party', "Marketing Party", readonly=True,
+        ondelete='SET NULL')
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        t = cls.__table__()
+        # The frequency cap counts the emails of a party
+        cls._sql_indexes.add(Index(
+                t, (t.marketing_automation_party, Index.Range()),
+                where=t.marketing_automation_party != Null))
+
+
+def defer(activity, record_activities, now):
+    """Return the record activities of activity whose email may go now, and
+    the reason and the date until which each other one waits"""
+    if activity.action != 'send_email' or not record_activities:
+        return record_activities, {}
+    scenario = activity.scenario
+    window = scenario.window
+    cap, period = _cap()
+    if window is None and (cap is None or scenario.frequency_cap_exempt):
+        return record_activities, {}
+    parties = {ra: ra.record.party for ra in record_activities}
+    deferred = {}
+    if window is not None:
+        for record_activity, party in parties.items():
+            opening = window.next_opening(now, _tzinfo(scenario, party))
+            if opening is not None:
+                deferred[record_activity] = ('window', opening)
+    if cap is not None and not scenario.frequency_cap_exempt:
+        deferred.update(_capped(
+                {ra: p for ra, p in parties.items()
+                    if p is not None and ra not in deferred},
+                cap, period, now))
+    return [ra for ra in record_activities if ra not in deferred], deferred
+
+
+def _cap():
+    "Return the frequency cap and its period, or None"
+    pool = Pool()
+    Configuration = pool.get('marketing.automation.configuration')
+    configuration = Configuration(1)
+    if configuration.frequency_cap and configuration.frequency_period:
+        return configuration.frequency_cap, configuration.frequency_period
+    return None, None
+
+
+def _tzinfo(scenario, party):
+    "Return the time zone of the window for party"
+    pool = Pool()
+    zone = getattr(party, 'timezone', None) or scenario.window_timezone
+    if not zone:
+        company_id = Transaction().context.get('company')
+        try:
+            Company = pool.get('company.company')
+        except KeyError:
+            Company = None
+        if Company is not None and company_id:
+            zone = Company(company_id).timezone
+    return tz.get_tzinfo(zone) if zone else tz.UTC
+
+
+def _capped(parties, cap, period, now):
+    """Return the reason and the date until which wait the record activities
+    whose party reached the cap, counting those before them"""
+    party_ids = sorted({p.id for p in parties.values()})
+    _lock(party_ids)
+    times = _sent_times(party_ids, now - period)
+    deferred = {}
+    for record_activity in sorted(parties, key=lambda ra: ra.id):
+        sent = times[parties[record_activity].id]
+        if len(sent) < cap:
+            sent.append(now)
+        else:
+            # It frees when the oldest of the last cap emails is out of
+            # the period
+            sent.sort(reverse=True)
+            deferred[record_activity] = (
+                'frequency', max(sent[cap - 1] + period, now))
+    return deferred
+
+
+class AdvisoryLock(Function):
+    __slots__ = ()
+    _function = 'PG_ADVISORY_XACT_LOCK'
+
+
+def _lock(party_ids):
+    """Lock the cap of the parties until the end of the transaction, in
+    the order of their ids
+
+    SQLite has one writer: a concurrent run fails to write and retries."""
+    transaction = Transaction()
+    if transaction.database.name != 'postgresql':
+        return
+    pool = Pool()
+    party = pool.get('party.party').__table__()
+    cursor = transaction.connection.cursor()
+    for sub_ids in sliced(party_ids):
+        cursor.execute(*party.select(
+                AdvisoryLock(Literal(CAP_LOCK), party.id),
+                where=reduce_ids(party.id, sub_ids),
+                order_by=[party.id]))
+        cursor.fetchall()
+
+
+def _sent_times(party_ids, since):
+    """Return the times of the emails of each party that count for the cap
+    since: sent, or waiting in the outbox"""
+    pool = Pool()
+    Email = pool.get('ir.email')
+    Record = pool.get('marketing.automation.record')
+    Scenario = pool.get('marketing.automation.scenario')
+    email = Email.__table__()
+    record = Record.__table__()
+    scenario = Scenario.__table__()
+    cursor = Transaction().connection.cursor()
+    at = Coalesce(email.marketing_automation_sent_at, email.create_date)
+    times = defaultdict(list)
+    for sub_ids in sliced(party_ids):
+        cursor.execute(*email
+            .join(record,
+                condition=email.marketing_automation_record == record.id)
+            .join(scenario, condition=record.scenario == scenario.id)
+            .select(email.marketing_automation_party, at,
+                where=reduce_ids(email.marketing_automation_party, sub_ids)
+                & email.marketing_automation_status.in_(
+                    ['pending', 'sending', 'sent'])
+                & (at > since)
+                & (Coalesce(scenario.frequency_cap_exempt, False)
+                    == Literal(False))))
+        for party_id, sent_at in cursor:
+            if isinstance(sent_at, str):
+                sent_at = dt.datetime.fromisoformat(sent_at)
+            times[party_id].append(sent_at)
+    return times

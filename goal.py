@@ -1,0 +1,176 @@
+# This file is part of Tryton.  The COPYRIGHT file at the top level of
+# this repository contains the full copyright notices and license terms.
+"""The exit goal of a scenario: a record that meets it is converted, and
+nothing more is sent to it"""
+from sql import Literal, Null
+from sql.aggregate import Count, Sum
+from sql.conditionals import Case
+
+from trytond.i18n import gettext
+from trytond.model import fields
+from trytond.pool import Pool, PoolMeta
+from trytond.pyson import PYSONDecoder
+from trytond.tools import reduce_ids
+from trytond.transaction import Transaction
+
+from .batch import batch_size, sliced
+from .exceptions import GoalError
+from .marketing_automation import current_time
+
+
+class Scenario(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.scenario'
+
+    goal = fields.Char(
+        "Goal",
+        help="A domain on the records: a record that matches it is "
+        "converted, and its waiting activities are cancelled.\n"
+        "Leave empty for no goal.")
+    record_count_converted = fields.Function(
+        fields.Integer("Records Converted"), 'get_conversions')
+    conversion_rate = fields.Function(
+        fields.Float("Conversion Rate", digits=(1, 2)), 'get_conversions')
+    conversion_rate_trend = fields.Function(
+        fields.Char("Conversion Rate Trend"), 'get_trend')
+
+    @classmethod
+    def get_conversions(cls, scenarios, names):
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        record = Record.__table__()
+        cursor = Transaction().connection.cursor()
+        values = {n: dict.fromkeys(map(int, scenarios), 0) for n in names}
+        for sub_ids in sliced(list(map(int, scenarios))):
+            cursor.execute(*record.select(
+                    record.scenario, Count(), converted_count(record),
+                    where=reduce_ids(record.scenario, sub_ids),
+                    group_by=record.scenario))
+            for scenario_id, count, converted in cursor:
+                row = {
+                    'record_count_converted': converted or 0,
+                    'conversion_rate': (
+                        round((converted or 0) / count, 2) if count else 0.),
+                    }
+                for name in names:
+                    values[name][scenario_id] = row[name]
+        return values
+
+    @property
+    def pyson_goal(self):
+        if self.goal:
+            return PYSONDecoder({}).decode(self.goal)
+
+    @classmethod
+    def validate_fields(cls, scenarios, field_names):
+        super().validate_fields(scenarios, field_names)
+        cls.check_goal(scenarios, field_names)
+
+    @classmethod
+    def check_goal(cls, scenarios, field_names=None):
+        if field_names and not (field_names & {'goal', 'model'}):
+            return
+        pool = Pool()
+        for scenario in scenarios:
+            if not scenario.goal:
+                continue
+            try:
+                goal = scenario.pyson_goal
+                if not isinstance(goal, list):
+                    raise ValueError("a domain must be a list")
+                Model = pool.get(scenario.model)
+                # Building the query checks every field and operator
+                Model.search(goal, order=[], query=True)
+            except Exception as exception:
+                raise GoalError(gettext(
+                        'marketing_automation.msg_scenario_invalid_goal',
+                        scenario=scenario.rec_name,
+                        exception=exception)) from exception
+
+    @classmethod
+    def check_goals(cls, scenarios=None):
+        "Convert the records of the running scenarios that met their goal"
+        if scenarios is None:
+            scenarios = cls.search([
+                    ('state', '=', 'running'),
+                    ('goal', '!=', None),
+                    ])
+        count = 0
+        for scenario in scenarios:
+            if scenario.state == 'running' and scenario.goal:
+                count += scenario.convert_records()
+        return count
+
+    def convert_records(self):
+        """Convert by batches the records that meet the goal and return how
+        many"""
+        pool = Pool()
+        Model = pool.get(self.model)
+        Record = pool.get('marketing.automation.record')
+        record = Record.__table__()
+        cursor = Transaction().connection.cursor()
+        goal, prefix = self.pyson_goal, self.model + ','
+        last, count = 0, 0
+        while True:
+            # Walk by ids, as the conversions change what is left
+            cursor.execute(*record.select(record.id, record.record,
+                    where=(record.scenario == self.id)
+                    & (record.converted == Null)
+                    & (record.id > last),
+                    order_by=[record.id.asc], limit=batch_size()))
+            rows = cursor.fetchall()
+            if not rows:
+                break
+            last = rows[-1][0]
+            by_resource = {
+                int(r[len(prefix):]): i for i, r in rows
+                if r and r.startswith(prefix)}
+            met = Model.search([
+                    goal, ('id', 'in', sorted(by_resource)),
+                    ], order=[])
+            converted = [by_resource[m.id] for m in met]
+            Record.convert(converted)
+            count += len(converted)
+        return count
+
+
+class Record(metaclass=PoolMeta):
+    __name__ = 'marketing.automation.record'
+
+    converted = fields.DateTime(
+        "Converted", readonly=True,
+        help="When the record met the goal of the scenario.")
+
+    @classmethod
+    def convert(cls, record_ids):
+        """Mark the records as converted now and cancel their waiting
+        activities"""
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        if not record_ids:
+            return
+        table = cls.__table__()
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        now = current_time()
+        cursor.execute(*table.update(
+                [table.converted, table.write_uid, table.write_date],
+                [now, transaction.user, now],
+                where=reduce_ids(table.id, record_ids)
+                & (table.converted == Null)))
+        RecordActivity.cancel_waiting(record_ids)
+        # The rows changed behind the ORM
+        transaction.counter += 1
+        for cache in transaction.cache.values():
+            if cls.__name__ in cache:
+                cache[cls.__name__].clear()
+
+    @classmethod
+    def copy(cls, records, default=None):
+        default = default.copy() if default is not None else {}
+        default.setdefault('converted')
+        return super().copy(records, default=default)
+
+
+def converted_count(record):
+    "Return the SQL count of the converted records of the table record"
+    return Sum(Case((record.converted != Null, Literal(1)), else_=0))
