@@ -8,6 +8,7 @@ from trytond.pyson import Bool, Eval
 
 
 class Configuration(ModelSingleton, ModelSQL, ModelView):
+    "Marketing Automation Configuration"
     __name__ = 'marketing.automation.configuration'
 
     frequency_cap = fields.Integer(

@@ -333,4 +333,3 @@ class PacingTestCase(DatabaseTestCase):
         with self.assertRaisesRegex(ValidationError, 'goal.*not valid'):
             create_scenario('GI', [email_activity()], run=False,
                 goal=PYSONEncoder().encode([('no_such_field', '=', 1)]))
-
