@@ -10,6 +10,7 @@ from sql import Literal, Null
 from sql.conditionals import Coalesce
 from sql.functions import Function
 
+from trytond import backend
 from trytond.i18n import gettext
 from trytond.model import Index, fields
 from trytond.pool import Pool, PoolMeta
@@ -223,7 +224,7 @@ def _lock(party_ids):
 
     SQLite has one writer: a concurrent run fails to write and retries."""
     transaction = Transaction()
-    if transaction.database.name != 'postgresql':
+    if backend.name != 'postgresql':
         return
     pool = Pool()
     party = pool.get('party.party').__table__()

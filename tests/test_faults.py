@@ -668,6 +668,59 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
             'more run, duplicated=0' % (count, first, conflicts,
                 len(records)), file=sys.stderr)
 
+    @unittest.skipIf(BACKEND != 'postgresql',
+        "concurrent workers need PostgreSQL: SQLite has one writer")
+    def test_fault_frequency_cap_workers(self):
+        """Three scenarios to the same parties, a cap of one email, two
+        trytond-worker, trytond-cron and two direct runs at once: each party
+        gets one email and the others wait, deferred
+
+        A batch holds the record activities of one scenario: the workers
+        compose for the same parties at once."""
+        count, cap = 20, 1
+        server = self._server(delay=0.002).start()
+        database = self._database()
+        conf = self._write_conf(database, server.port, worker=True,
+            automation_claim_size=10, automation_batch_size=count)
+        self.helper(
+            conf, database, 'setup', parties=count, scenarios=3, cap=cap)
+        workers = [self._spawn_trytond(
+                    'trytond-worker', conf, database, '-n', '1')
+            for _ in range(2)]
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            self.helper(conf, database, 'cron-due')
+            start_at = time.time() + 2
+            runs = [self.spawn(conf, database, 'process', start_at=start_at)
+                for _ in range(2)]
+            cron, _ = self._spawn_trytond('trytond-cron', conf, database, '-1')
+            for run in runs:
+                stdout, stderr = run.communicate(timeout=120)
+                self._result(run.returncode, stdout, stderr, 'process')
+            cron.wait(120)
+            while time.monotonic() < deadline:
+                if not self.helper(conf, database, 'queue')['unfinished']:
+                    break
+                time.sleep(0.5)
+            stats = self.helper(conf, database, 'stats')
+            waiting = [m for m in self.mails(stats)
+                if m['state'] == 'waiting' and not m['deferred']]
+            unsent = [e for e in self.outbox(stats) if e['status'] != 'sent']
+            if not waiting and not unsent:
+                break
+        for process, _ in workers:
+            self.assertIsNone(process.poll(), msg='a worker died')
+        received = server.recipients
+        deferred = [m for m in self.mails(stats)
+            if m['state'] == 'waiting' and m['deferred'] == 'frequency']
+        print('fault frequency_cap_workers: parties=%s received=%s '
+            'most=%s deferred=%s' % (count, sum(received.values()),
+                max(received.values()), len(deferred)),
+            file=sys.stderr, flush=True)
+        self.assertEqual(len(received), count)
+        self.assertEqual(set(received.values()), {cap})
+        self.assertEqual(len(deferred), 2 * count)
+
 
 class MidDataServer:
     """A raw SMTP server that hangs up in the middle of the DATA of the

@@ -37,33 +37,42 @@ def _setup(pool, args):
                             }])]
         to_create.append(values)
     Party.create(to_create)
+    if args.get('cap'):
+        from trytond.transaction import Transaction
+        Configuration = pool.get('marketing.automation.configuration')
+        # Creating a singleton locks its table, which needs a new transaction
+        table = Configuration.__table__()
+        Transaction().connection.cursor().execute(*table.insert(
+                [table.frequency_cap, table.frequency_period,
+                    table.create_uid, table.create_date],
+                [[args['cap'], dt.timedelta(days=7), 0, dt.datetime.now()]]))
 
-    scenario, = Scenario.create([{
+    scenarios = Scenario.create([{
                 'name': 'Fault',
                 'model': 'party.party',
                 'domain': '[]',
-                }])
+                } for _ in range(args.get('scenarios', 1))])
     template = args.get('template', '<div><p>Hello ${record.name}</p>'
         '<p><a href="http://example.com/offer">Offer</a></p></div>')
-    root, = Activity.create([{
+    roots = Activity.create([{
                 'name': 'Mail',
                 'parent': str(scenario),
                 'action': 'send_email',
                 'email_title': 'Hello ${record.name}',
                 'email_template': template,
                 'condition': args.get('condition'),
-                }])
+                } for scenario in scenarios])
     # A child due in a month: it must be cancelled when the mail fails
     Activity.create([{
                 'name': 'Later',
                 'parent': str(root),
                 'delay': dt.timedelta(days=30),
-                }])
+                } for root in roots])
     if args.get('run', True):
-        Scenario.run([scenario])
+        Scenario.run(scenarios)
     if args.get('trigger', True):
         Scenario.trigger()
-    return {'scenario': scenario.id}
+    return {'scenario': scenarios[0].id}
 
 
 def _run(pool, args):
@@ -152,6 +161,7 @@ def _stats(pool, args):
                 'record': ra.record.id,
                 'party': ra.record.record.name if ra.record.record else None,
                 'state': ra.state, 'error': ra.error,
+                'deferred': ra.deferred,
                 })
     record = Record.__table__()
     cursor.execute(*record.select(record.scenario, record.record))
