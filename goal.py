@@ -15,7 +15,7 @@ from trytond.transaction import Transaction
 
 from .batch import batch_size, sliced
 from .exceptions import GoalError
-from .marketing_automation import current_time
+from .marketing_automation import check_domain, current_time
 
 
 class Scenario(metaclass=PoolMeta):
@@ -69,17 +69,11 @@ class Scenario(metaclass=PoolMeta):
     def check_goal(cls, scenarios, field_names=None):
         if field_names and not (field_names & {'goal', 'model'}):
             return
-        pool = Pool()
         for scenario in scenarios:
             if not scenario.goal:
                 continue
             try:
-                goal = scenario.pyson_goal
-                if not isinstance(goal, list):
-                    raise ValueError("a domain must be a list")
-                Model = pool.get(scenario.model)
-                # Building the query checks every field and operator
-                Model.search(goal, order=[], query=True)
+                check_domain(scenario.model, scenario.goal)
             except Exception as exception:
                 raise GoalError(gettext(
                         'marketing_automation.msg_scenario_invalid_goal',

@@ -29,6 +29,16 @@ def current_time():
     return dt.datetime.now().replace(microsecond=0)
 
 
+def check_domain(model, text):
+    """Raise an exception that says why text is not a domain of model
+
+    Building the query checks every field and operator."""
+    domain = PYSONDecoder({}).decode(text)
+    if not isinstance(domain, list):
+        raise ValueError("a domain must be a list")
+    Pool().get(model).search(domain, order=[], query=True)
+
+
 def new_token():
     "Return an unguessable token of 128 bits"
     return secrets.token_hex(16)
@@ -202,14 +212,6 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
         return rates
 
     @classmethod
-    def get_trend(cls, scenarios, names):
-        pool = Pool()
-        Report = pool.get('marketing.automation.reporting.scenario')
-        # reporting needs this module's helpers
-        from .reporting import trends
-        return trends(Report, 'scenario', [s.id for s in scenarios], names)
-
-    @classmethod
     def validate_fields(cls, scenarios, field_names):
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
@@ -228,15 +230,9 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
     def check_domain(cls, scenarios, field_names=None):
         if field_names and not (field_names & {'domain', 'model'}):
             return
-        pool = Pool()
         for scenario in scenarios:
             try:
-                domain = scenario.pyson_domain
-                if not isinstance(domain, list):
-                    raise ValueError("a domain must be a list")
-                Model = pool.get(scenario.model)
-                # Building the query checks every field and operator
-                Model.search(domain, order=[], query=True)
+                check_domain(scenario.model, scenario.domain)
             except Exception as exception:
                 raise DomainError(gettext(
                         'marketing_automation.msg_scenario_invalid_domain',

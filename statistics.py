@@ -24,9 +24,25 @@ def _trend(field):
     return fields.Function(field, 'get_trend')
 
 
-class ActivityStatistics:
+class Trends:
+    "The trends of the rates, from the report named by _trend_report"
+    __slots__ = ()
+    _trend_report = _trend_key = None
+
+    @classmethod
+    def get_trend(cls, records, names):
+        # reporting needs the module's helpers, which need this mixin
+        from .reporting import trends
+        pool = Pool()
+        Report = pool.get(cls._trend_report)
+        return trends(Report, cls._trend_key, [r.id for r in records], names)
+
+
+class ActivityStatistics(Trends):
     "The statistics fields of an activity, one aggregate query by slice"
     __slots__ = ()
+    _trend_report = 'marketing.automation.reporting.activity'
+    _trend_key = 'activity'
     _email_states = {
         'invisible': Eval('action') != 'send_email',
         }
@@ -94,14 +110,6 @@ class ActivityStatistics:
         return super().copy(activities, default=default)
 
     @classmethod
-    def get_trend(cls, activities, names):
-        # reporting needs the module's helpers, which need this mixin
-        from .reporting import trends
-        pool = Pool()
-        Report = pool.get('marketing.automation.reporting.activity')
-        return trends(Report, 'activity', [a.id for a in activities], names)
-
-    @classmethod
     def get_statistics(cls, activities, names):
         pool = Pool()
         cursor = Transaction().connection.cursor()
@@ -151,9 +159,11 @@ class ActivityStatistics:
         return values
 
 
-class ScenarioStatistics:
+class ScenarioStatistics(Trends):
     "The bounces and the complaints of a scenario, one query by slice"
     __slots__ = ()
+    _trend_report = 'marketing.automation.reporting.scenario'
+    _trend_key = 'scenario'
 
     email_bounced = fields.Function(
         fields.Integer("Emails Bounced"), 'get_email_feedback')
