@@ -3,12 +3,10 @@
 """Why and until when a due email waits: the sending window of its scenario
 and the frequency cap of its party"""
 import datetime as dt
-import zlib
 from collections import defaultdict, namedtuple
 
 from sql import Literal, Null
 from sql.conditionals import Coalesce
-from sql.functions import Function
 
 from trytond import backend
 from trytond.i18n import gettext
@@ -27,8 +25,8 @@ WEEKDAYS = [
     ('0', "Monday"), ('1', "Tuesday"), ('2', "Wednesday"), ('3', "Thursday"),
     ('4', "Friday"), ('5', "Saturday"), ('6', "Sunday"),
     ]
-# The key of the advisory locks that serialise the cap of a party
-CAP_LOCK = zlib.crc32(b'marketing_automation frequency cap') & 0x7fffffff
+# The rows that serialise the cap of each party
+CAP_TABLE = 'marketing_automation_party_cap'
 
 
 class Window(namedtuple('Window', ['weekdays', 'start', 'end'])):
@@ -142,6 +140,15 @@ class Email(metaclass=PoolMeta):
                 t, (t.marketing_automation_party, Index.Range()),
                 where=t.marketing_automation_party != Null))
 
+    @classmethod
+    def __register__(cls, module):
+        super().__register__(module)
+        if backend.name == 'postgresql':
+            cursor = Transaction().connection.cursor()
+            cursor.execute(
+                'CREATE TABLE IF NOT EXISTS "%s" '
+                '(party INTEGER PRIMARY KEY)' % CAP_TABLE)
+
 
 def defer(activity, record_activities, now):
     """Return the record activities of activity whose email may go now, and
@@ -213,28 +220,28 @@ def _capped(parties, cap, period, now):
     return deferred
 
 
-class AdvisoryLock(Function):
-    __slots__ = ()
-    _function = 'PG_ADVISORY_XACT_LOCK'
-
-
 def _lock(party_ids):
-    """Lock the cap of the parties until the end of the transaction, in
-    the order of their ids
+    """Take the cap of the parties for the transaction, in the order of
+    their ids
 
+    Each party has a row that every run composing for it writes: the
+    transactions of PostgreSQL see the data as it was when they began, so a
+    lock would not show what a run that held it before composed; writing a
+    row that run wrote makes this one fail and retry with fresh data.
     SQLite has one writer: a concurrent run fails to write and retries."""
-    transaction = Transaction()
     if backend.name != 'postgresql':
         return
-    pool = Pool()
-    party = pool.get('party.party').__table__()
-    cursor = transaction.connection.cursor()
+    cursor = Transaction().connection.cursor()
     for sub_ids in sliced(party_ids):
-        cursor.execute(*party.select(
-                AdvisoryLock(Literal(CAP_LOCK), party.id),
-                where=reduce_ids(party.id, sub_ids),
-                order_by=[party.id]))
-        cursor.fetchall()
+        sub_ids = list(sub_ids)
+        cursor.execute(
+            'INSERT INTO "%s" (party) SELECT UNNEST(%%s::integer[]) '
+            'ON CONFLICT DO NOTHING' % CAP_TABLE, (sub_ids,))
+        cursor.execute(
+            'UPDATE "%(table)s" SET party = party WHERE party IN '
+            '(SELECT party FROM "%(table)s" WHERE party = ANY(%%s) '
+            'ORDER BY party FOR UPDATE)' % {'table': CAP_TABLE},
+            (sub_ids,))
 
 
 def _sent_times(party_ids, since):
