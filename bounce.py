@@ -8,6 +8,7 @@ enough of them in a row within a span mark it too, and a delivery starts
 the count again. No scenario sends to a bounced address until someone
 edits it."""
 import datetime as dt
+import smtplib
 
 from sql import Null
 from sql.conditionals import Case
@@ -21,6 +22,31 @@ from trytond.transaction import Transaction
 
 from .batch import sliced
 from .marketing_automation import current_time
+
+
+def is_permanent(exception):
+    "Tell whether the failure would happen again at every attempt"
+    if isinstance(exception, smtplib.SMTPRecipientsRefused):
+        return all(
+            500 <= code <= 599 for code, _ in exception.recipients.values())
+    if isinstance(exception, smtplib.SMTPResponseException):
+        return 500 <= exception.smtp_code <= 599
+    return isinstance(exception, (ValueError, UnicodeError))
+
+
+def refusals(exception, recipients):
+    """Return the recipients that exception refused for good and those it
+    refused for now, at RCPT or at DATA"""
+    if isinstance(exception, smtplib.SMTPRecipientsRefused):
+        codes = {a: c for a, (c, _) in exception.recipients.items()}
+    elif isinstance(exception, smtplib.SMTPDataError):
+        codes = dict.fromkeys(recipients, exception.smtp_code)
+    else:
+        # The sender, the connection or the message: not the address
+        return [], []
+    return ([a for a, c in codes.items() if 500 <= c <= 599],
+        [a for a, c in codes.items() if 400 <= c <= 499])
+
 
 _RESET = {
     'marketing_bounced': None,

@@ -9,6 +9,7 @@ transition."""
 import datetime as dt
 import logging
 import smtplib
+import time
 from collections import defaultdict
 from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr
@@ -25,7 +26,7 @@ from trytond.sendmail import get_smtp_server
 from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
-from . import bounce
+from . import bounce, pacing
 from .batch import sliced, sliced_rows
 from .email_ import html_to_text
 from .marketing_automation import current_time, new_token
@@ -51,30 +52,6 @@ def retry_delay(attempts):
     "Return the delay before the next attempt, doubled at each attempt"
     base = config.getint('marketing', 'automation_retry_delay', default=60)
     return dt.timedelta(seconds=min(base * 2 ** (attempts - 1), 24 * 60 * 60))
-
-
-def is_permanent(exception):
-    "Tell whether the failure would happen again at every attempt"
-    if isinstance(exception, smtplib.SMTPRecipientsRefused):
-        return all(
-            500 <= code <= 599 for code, _ in exception.recipients.values())
-    if isinstance(exception, smtplib.SMTPResponseException):
-        return 500 <= exception.smtp_code <= 599
-    return isinstance(exception, (ValueError, UnicodeError))
-
-
-def refusals(exception, recipients):
-    """Return the recipients that exception refused for good and those it
-    refused for now, at RCPT or at DATA"""
-    if isinstance(exception, smtplib.SMTPRecipientsRefused):
-        codes = {a: c for a, (c, _) in exception.recipients.items()}
-    elif isinstance(exception, smtplib.SMTPDataError):
-        codes = dict.fromkeys(recipients, exception.smtp_code)
-    else:
-        # The sender, the connection or the message: not the address
-        return [], []
-    return ([a for a, c in codes.items() if 500 <= c <= 599],
-        [a for a, c in codes.items() if 400 <= c <= 499])
 
 
 def envelope(message):
@@ -169,6 +146,11 @@ class Email(metaclass=PoolMeta):
                 Index(t, (t.marketing_automation_claim, Index.Equality()),
                     where=t.marketing_automation_claim != Null),
                 })
+
+    @classmethod
+    def __register__(cls, module):
+        super().__register__(module)
+        pacing.register()
 
     @classmethod
     def marketing_automation_link_record_activities(cls):
@@ -277,9 +259,9 @@ class Email(metaclass=PoolMeta):
             emails = _claimed(claim)
             if not emails:
                 break
-            count, reachable = _send(emails)
+            count, go_on = _send(emails)
             sent += count
-            if not reachable:
+            if not go_on:
                 break
         return sent
 
@@ -348,17 +330,9 @@ class EmailDelivery:
 
 def _connect():
     try:
-        return get_smtp_server(strict=True)
+        return get_smtp_server(pacing.smtp_uri(), strict=True)
     except Exception as exception:
         raise Unreachable(str(exception)) from exception
-
-
-def _close(server):
-    if server is not None:
-        try:
-            server.quit()
-        except Exception:
-            pass
 
 
 def _table():
@@ -383,7 +357,7 @@ def _claim():
                 & (table.marketing_automation_next_try
                     <= now - claim_timeout()))),
         order_by=[table.id.asc],
-        limit=claim_size())
+        limit=pacing.claim_limit(claim_size(), claim_timeout()))
     database = transaction.database
     if database.has_select_for():
         due.for_ = database.get_select_for_skip_locked()('UPDATE')
@@ -415,53 +389,108 @@ def _claimed(claim):
 
 
 def _send(emails):
-    """Send the claimed emails over one connection, committing after
-    each one
+    """Send the claimed emails at the pace of the database, committing
+    after each one
 
-    Return the number sent and whether the server could be reached."""
+    Return the number sent and whether the run may go on: not when the
+    server cannot be reached, hangs or asks to slow down for good."""
     transaction = Transaction()
-    server, sent, delivered = None, 0, []
-    for index, (email_id, message, attempts) in enumerate(emails):
-        recipients = []
-        try:
-            sender, recipients = envelope(message)
-            if server is None:
-                server = _connect()
-            refused = server.sendmail(
-                sender, recipients, message.encode('utf-8'))
-            if refused:
-                raise smtplib.SMTPRecipientsRefused(refused)
-        except Unreachable as exception:
-            _retry(
-                [(e, a) for e, _, a in emails[index:]],
-                str(exception.__cause__ or exception))
-            transaction.commit()
-            return sent, False
-        except Exception as exception:
-            hard, soft = refusals(exception, recipients)
-            if hard:
-                bounce.bounced(hard, str(exception))
-                bounce.flag_emails([email_id], 'email_bounced')
-            bounce.refused_for_now(soft, str(exception))
-            if is_permanent(exception):
-                _fail(
-                    [email_id], str(exception),
-                    attempts=(attempts or 0) + 1)
-            else:
-                _retry(
-                    [(email_id, attempts)], str(exception))
-                if isinstance(exception, (
-                            smtplib.SMTPServerDisconnected, OSError)):
-                    server = _close(server)
-        else:
-            _sent(email_id)
-            delivered.extend(recipients)
-            sent += 1
+    slots = pacing.reserve(len(emails))
+    if slots is None:
+        _release([e for e, _, _ in emails])
         transaction.commit()
-    _close(server)
+        return 0, False
+    # Sent well before another run may take the claim back
+    deadline = time.time() + claim_timeout().total_seconds() / 2
+    connection = pacing.Connection(_connect)
+    sent, delivered, go_on = 0, [], True
+    for index, (email_id, message, attempts) in enumerate(emails):
+        rest = [e for e, _, _ in emails[index + 1:]]
+        if slots[index] > deadline:
+            _release([email_id] + rest)
+            go_on = False
+            break
+        pacing.wait_until(slots[index])
+        outcome, detail = _send_one(connection, email_id, message, attempts)
+        if outcome == 'sent':
+            sent += 1
+            delivered.extend(detail)
+        elif outcome == 'unreachable':
+            _retry([(e, a) for e, _, a in emails[index:]], detail)
+            go_on = False
+        elif outcome in {'timeout', 'throttled'}:
+            if outcome == 'throttled':
+                _release([email_id], detail)
+            # The others of the claim go back to the outbox at once
+            _release(rest)
+            go_on = False
+        transaction.commit()
+        if outcome == 'throttled':
+            # The next claim goes at the slower pace
+            go_on = pacing.slow_down()
+            break
+        if not go_on:
+            break
+    connection.close()
     bounce.delivered(delivered)
     transaction.commit()
-    return sent, True
+    return sent, go_on
+
+
+def _send_one(connection, email_id, message, attempts):
+    """Send one claimed email and record the result
+
+    Return the outcome: sent, with the recipients; retried or failed; or,
+    with the error, unreachable, timeout or throttled, which end the claim.
+    A throttled email is left for the caller to release."""
+    recipients = []
+    try:
+        sender, recipients = envelope(message)
+        connection.sendmail(sender, recipients, message.encode('utf-8'))
+    except Exception as exception:
+        cause = exception
+        if isinstance(exception, Unreachable):
+            cause = exception.__cause__ or exception
+        if pacing.throttling(cause):
+            connection.drop()
+            return 'throttled', str(cause)
+        if isinstance(exception, Unreachable):
+            return 'unreachable', str(cause)
+        hard, soft = bounce.refusals(exception, recipients)
+        if hard:
+            bounce.bounced(hard, str(exception))
+            bounce.flag_emails([email_id], 'email_bounced')
+        bounce.refused_for_now(soft, str(exception))
+        if bounce.is_permanent(exception):
+            _fail([email_id], str(exception), attempts=(attempts or 0) + 1)
+            return 'failed', str(exception)
+        _retry([(email_id, attempts)], str(exception))
+        if pacing.timed_out(exception):
+            connection.drop()
+            return 'timeout', str(exception)
+        if isinstance(exception, (smtplib.SMTPServerDisconnected, OSError)):
+            connection.drop()
+        return 'retried', str(exception)
+    _sent(email_id)
+    return 'sent', recipients
+
+
+def _release(email_ids, error=None):
+    """Put claimed emails back in the outbox, due at once, without counting
+    an attempt: they were not tried, or the server asked to slow down"""
+    if not email_ids:
+        return
+    table = _table()
+    cursor = Transaction().connection.cursor()
+    columns = [table.marketing_automation_status,
+        table.marketing_automation_claim, table.marketing_automation_next_try]
+    values = ['pending', Null, current_time()]
+    if error is not None:
+        columns.append(table.marketing_automation_error)
+        values.append(error)
+    for sub_ids in sliced(email_ids):
+        cursor.execute(*table.update(columns, values,
+                where=reduce_ids(table.id, sub_ids)))
 
 
 def _sent(email_id):

@@ -101,8 +101,9 @@ class FaultySMTPServer(SMTPServer):
             return Counter(r for _, rs in self.envelopes for r in rs)
 
 
-class MarketingAutomationFaultTestCase(unittest.TestCase):
-    "Fault injection on the delivery, the processing and the enrolment"
+class FaultTestCase(unittest.TestCase):
+    """The machinery of the fault tests: a database of their own made from
+    a template, its configuration, the steps and the trytond processes"""
 
     @classmethod
     def setUpClass(cls):
@@ -310,6 +311,10 @@ class MarketingAutomationFaultTestCase(unittest.TestCase):
             self.assertNotIn(party, result, msg='two emails composed')
             result[party] = row
         return result
+
+
+class MarketingAutomationFaultTestCase(FaultTestCase):
+    "Fault injection on the delivery, the processing and the enrolment"
 
     def test_fault_smtp_server_down(self):
         "The server is stopped: all stay pending, then go once"

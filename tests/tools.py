@@ -112,7 +112,9 @@ class SMTPServer:
     are refused, as to a server that is down. delay is the seconds it waits
     before answering a message. A subclass may refuse what it would accept
     by overriding answer_rcpt and answer_data, or keep other things than
-    the messages by overriding receive."""
+    the messages by overriding receive; or answer otherwise with another
+    handler_class."""
+    handler_class = _Handler
 
     def __init__(self, hostname='127.0.0.1', port=None, delay=0):
         self.hostname = hostname
@@ -143,7 +145,7 @@ class SMTPServer:
             if self._socket is None:
                 # Stopped: the server closed the socket
                 self._socket = self._bind(self.port)
-            controller = _Controller(_Handler(self), self._socket)
+            controller = _Controller(self.handler_class(self), self._socket)
             self._socket = None
             controller.start()
             self._controller = controller
