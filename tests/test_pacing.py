@@ -218,6 +218,31 @@ class PacingTestCase(DatabaseTestCase):
             self.assertGreaterEqual(child.at, before + dt.timedelta(days=1))
 
     @with_transaction()
+    def test_window_party_time_zone(self):
+        """The hours are read in the party's time zone when a module gives
+        one, else in the scenario's"""
+        pool = Pool()
+        Party = pool.get('party.party')
+        create_parties('TZ', 2)
+        far, near = Party.search(
+            [('code', 'like', 'TZ-%')], order=[('code', 'ASC')])
+        now = dt.datetime.now()
+        # Open now in UTC, closed 12 hours away
+        far.timezone = 'Pacific/Kiritimati' if now.hour < 12 else 'Etc/GMT+12'
+        far.save()
+        scenario = create_scenario('TZ', [email_activity()],
+            window_weekdays=[str(d) for d in range(7)],
+            window_start=(now - dt.timedelta(hours=1)).time(),
+            window_end=(now + dt.timedelta(hours=1)).time(),
+            window_timezone='UTC')
+        server = process([scenario])
+        self.assertEqual([m['To'] for m in server.messages],
+            ['TZ 1 <TZ-000001@example.com>'])
+        waiting, = record_activities_of(scenario, state='waiting')
+        self.assertEqual(waiting.record.record, far)
+        self.assertEqual(waiting.deferred, 'window')
+
+    @with_transaction()
     def test_window_empty(self):
         "Hours that start and end at once are refused with the reason"
         create_parties('WE', 1)
