@@ -6,7 +6,6 @@ from sql import Literal, Null
 from sql.aggregate import Count, Sum
 from sql.conditionals import Case
 
-from trytond.i18n import gettext
 from trytond.model import fields
 from trytond.pool import Pool, PoolMeta
 from trytond.pyson import PYSONDecoder
@@ -15,7 +14,7 @@ from trytond.transaction import Transaction
 
 from .batch import batch_size, sliced
 from .exceptions import GoalError
-from .marketing_automation import check_domain, current_time
+from .marketing_automation import check_domains, current_time
 
 
 class Scenario(metaclass=PoolMeta):
@@ -69,16 +68,8 @@ class Scenario(metaclass=PoolMeta):
     def check_goal(cls, scenarios, field_names=None):
         if field_names and not (field_names & {'goal', 'model'}):
             return
-        for scenario in scenarios:
-            if not scenario.goal:
-                continue
-            try:
-                check_domain(scenario.model, scenario.goal)
-            except Exception as exception:
-                raise GoalError(gettext(
-                        'marketing_automation.msg_scenario_invalid_goal',
-                        scenario=scenario.rec_name,
-                        exception=exception)) from exception
+        check_domains(scenarios, 'goal', GoalError,
+            'marketing_automation.msg_scenario_invalid_goal')
 
     @classmethod
     def check_goals(cls, scenarios=None):

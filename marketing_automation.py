@@ -39,6 +39,22 @@ def check_domain(model, text):
     Pool().get(model).search(domain, order=[], query=True)
 
 
+def check_domains(scenarios, name, error, message):
+    """Raise error with message for the first scenario whose field name is
+    set and is not a domain of its model (a required field is checked
+    apart)"""
+    for scenario in scenarios:
+        text = getattr(scenario, name)
+        if not text:
+            continue
+        try:
+            check_domain(scenario.model, text)
+        except Exception as exception:
+            raise error(gettext(
+                    message, scenario=scenario.rec_name,
+                    exception=exception)) from exception
+
+
 def new_token():
     "Return an unguessable token of 128 bits"
     return secrets.token_hex(16)
@@ -230,14 +246,8 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
     def check_domain(cls, scenarios, field_names=None):
         if field_names and not (field_names & {'domain', 'model'}):
             return
-        for scenario in scenarios:
-            try:
-                check_domain(scenario.model, scenario.domain)
-            except Exception as exception:
-                raise DomainError(gettext(
-                        'marketing_automation.msg_scenario_invalid_domain',
-                        scenario=scenario.rec_name,
-                        exception=exception)) from exception
+        check_domains(scenarios, 'domain', DomainError,
+            'marketing_automation.msg_scenario_invalid_domain')
 
     @classmethod
     def copy(cls, scenarios, default=None):
