@@ -22,7 +22,6 @@ from trytond.tools.chart import sparkline
 from trytond.transaction import Transaction
 
 from .batch import sliced
-from .goal import converted_count
 
 PERIODS = {
     'year': relativedelta(years=1),
@@ -137,6 +136,7 @@ class Scenario(ModelSQL, ModelView):
         record = Record.__table__()
         date = _date(record.create_date)
         blocked = _count(record.blocked == Literal(True))
+        converted = _count(record.converted != Null)
 
         def flagged(column):
             record_activity = RecordActivity.__table__()
@@ -154,8 +154,8 @@ class Scenario(ModelSQL, ModelView):
             _rate(blocked, Count()).as_('block_rate'),
             flagged('email_bounced').as_('email_bounced'),
             flagged('email_complained').as_('email_complained'),
-            converted_count(record).as_('record_count_converted'),
-            _rate(converted_count(record), Count()).as_('conversion_rate'),
+            converted.as_('record_count_converted'),
+            _rate(converted, Count()).as_('conversion_rate'),
             where=_dates_where(record.create_date),
             group_by=[date.as_('date'), record.scenario])
 
