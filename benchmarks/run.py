@@ -33,7 +33,6 @@ WRK_RUNS = [
 CONFIG = '''\
 [database]
 %(database)s
-language = en
 [email]
 uri = smtp://127.0.0.1:%(smtp_port)s
 from = %(email_from)s
@@ -43,19 +42,14 @@ automation_batch_size = %(batch_size)s
 # Clicks are not taken for a scanner's just after sending
 automation_click_delay = 0
 '''
-UNITS = {
-    'floor': '{ms_per_email:.3f} ms/email',
+# The column per unit of each step
+SEND = '{ms_per_email:.3f} ms/email, {statements_per_email:.2f} stmt/email'
+OPEN = '{ms_per_event:.3f} ms/open, {statements_per_event:.2f} stmt/open'
+UNITS = {'floor': '{ms_per_email:.3f} ms/email', 'send': SEND,
+    'process2': SEND, 'open_bulk': OPEN + ' (rolled back)',
     'enrol': '{ms_per_record:.4f} ms/record, {statements_per_batch:.2f} '
-    'stmt/batch',
-    'send': '{ms_per_email:.3f} ms/email, {statements_per_email:.2f} '
-    'stmt/email',
-    'open_bulk': '{ms_per_event:.3f} ms/open, {statements_per_event:.2f} '
-    'stmt/open (rolled back)',
-    'open_route': '{ms_per_event:.3f} ms/open, {statements_per_event:.2f} '
-    'stmt/open (max {statements_max}), p99 {latency_p99_ms:.2f} ms, '
-    'click {click_statements} stmt',
-    }
-UNITS['process2'] = UNITS['send']
+    'stmt/batch', 'open_route': OPEN + ' (max {statements_max}), p99 '
+    '{latency_p99_ms:.2f} ms, click {click_statements} stmt'}
 STARTED = time.time()
 
 
@@ -64,14 +58,23 @@ def log(message):
         flush=True)
 
 
+def run_json(command, tag, **kwargs):
+    "Return the JSON that command prints after tag, or None (output logged)"
+    process = tools.run_process(command, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, **kwargs)
+    for line in process.stdout.splitlines():
+        if line.startswith(tag):
+            return json.loads(line[len(tag):])
+    log(process.stdout[-3000:] + process.stderr[-5000:])
+
+
 class Sink(tools.SMTPServer):
     """The SMTP server of the steps, in this process that only waits for
     them: the size of the count file is the number of emails received"""
 
     def __init__(self, path):
         super().__init__()
-        self.count_file = path
-        self.file = open(path, 'wb', buffering=0)
+        self.count_file, self.file = path, open(path, 'wb', buffering=0)
 
     def receive(self, sender, recipients, content):
         self.file.write(b'.')
@@ -122,14 +125,12 @@ class Backend:
                 passfile = os.path.join(self.directory, 'admin.pass')
                 with open(passfile, 'w') as file:
                     file.write('admin\n')
-                if tools.run_process([os.path.join(BIN, 'trytond-admin'),
-                            '-c', self.config, '-d', name, '--all',
-                            '-u', 'marketing_automation',
-                            '--activate-dependencies',
-                            '--email', 'admin@example.com'],
-                        env=dict(os.environ, TRYTONPASSFILE=passfile),
-                        stdout=subprocess.DEVNULL).returncode:
-                    raise RuntimeError('trytond-admin failed')
+                tools.run_process([os.path.join(BIN, 'trytond-admin'),
+                        '-c', self.config, '-d', name, '--all', '-u',
+                        'marketing_automation', '--activate-dependencies',
+                        '--email', 'admin@example.com'],
+                    env=dict(os.environ, TRYTONPASSFILE=passfile),
+                    stdout=subprocess.DEVNULL).check_returncode()
             yield name
         finally:
             try:
@@ -143,6 +144,7 @@ class Backend:
     def measure(self, mode, size, **options):
         """Return the figures of steps.py in mode at size, in a process of
         its own; the module's on a fresh copy of the template"""
+        log("[%s] %s at N=%s" % (self.name, mode, size))
         options.update(mode=mode, size=size, backend=self.name,
             config=self.config, count_file=self.sink.count_file,
             smtp_port=self.sink.port, email_from=tools.EMAIL_FROM)
@@ -150,32 +152,30 @@ class Backend:
             if mode in {'module', 'enrol'}:
                 options['database'] = stack.enter_context(self.database(
                         'ma_bench_%s_%s' % (size, os.getpid())))
-            process = tools.run_process(
-                [sys.executable, '-P', os.path.join(HERE, 'steps.py'),
-                    json.dumps(options)],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for line in process.stdout.splitlines():
-            if line.startswith('@@result '):
-                return json.loads(line[len('@@result '):])
-        log(process.stdout[-3000:] + process.stderr[-5000:])
-        raise RuntimeError('steps.py failed in mode %s' % mode)
+            result = run_json([sys.executable, '-P',
+                    os.path.join(HERE, 'steps.py'), json.dumps(options)],
+                '@@result ')
+        if result is None:
+            raise RuntimeError('steps.py failed in mode %s' % mode)
+        return result
 
     def wrk(self, duration):
         "Measure the throughput of the routes on trytond's own HTTP server"
         if not shutil.which('wrk'):
-            log("wrk is missing: the route throughput is skipped "
-                "(apt-get install wrk)")
+            log("wrk is missing (apt-get install wrk): no route throughput")
             return {'skipped': 'wrk is missing'}
-        log("[%s] wrk: preparing %s recipients" % (self.name, RECIPIENTS))
         paths = os.path.join(self.directory, 'wrk-paths')
+        command = ['wrk', '-t', str(THREADS), '-c', str(CONNECTIONS),
+            '-d', '%ss' % duration, '--timeout', '10s',
+            '-s', os.path.join(HERE, 'wrk.lua')]
         with self.database('ma_bench_wrk_%s' % os.getpid()) as database:
             self.measure('wrk', RECIPIENTS, database=database, paths=paths)
             opens, clicks = ([line.strip() for line in open(paths + kind)]
                 for kind in ['.open', '.click'])
             port = tools.free_port()
+            logconf = tools.logging_config(self.directory)
             server = tools.start_process([os.path.join(BIN, 'trytond'),
-                    '-c', self.config,
-                    '--logconf', tools.logging_config(self.directory)],
+                    '-c', self.config, '--logconf', logconf],
                 env=dict(os.environ, TRYTOND_DATABASE_NAMES=database,
                     TRYTOND_WEB__LISTEN='127.0.0.1:%s' % port),
                 stdout=subprocess.DEVNULL)
@@ -190,13 +190,16 @@ class Backend:
                             raise RuntimeError("trytond does not answer")
                         time.sleep(0.2)
                 results = {}
-                for run, url, rotation in zip(WRK_RUNS, [
-                            base + '/rpc/', base + opens[0], base + '/',
-                            base + clicks[0], base + '/'], [
-                            None, None, paths + '.open', None,
-                            paths + '.click']):
+                # wrk.lua: WRK_RPC posts JSON-RPC, WRK_PATHS rotates paths
+                for run, path, env in zip(WRK_RUNS,
+                        ['/rpc/', opens[0], '/', clicks[0], '/'],
+                        [{'WRK_RPC': '1'}, {}, {'WRK_PATHS': paths + '.open'},
+                            {}, {'WRK_PATHS': paths + '.click'}]):
                     log("[%s] wrk: %s for %ss" % (self.name, run, duration))
-                    results[run] = wrk(url, duration, rotation)
+                    results[run] = run_json(command + [base + path],
+                        '@@wrk ', env=dict(os.environ, **env,
+                            WRK_USER_AGENT=tools.BROWSER)
+                        ) or {'error': 'wrk failed'}
             finally:
                 tools.stop_process(server, 20)
         return dict(results, recipients=RECIPIENTS, duration_s=duration,
@@ -206,32 +209,11 @@ class Backend:
 def answers(port, path):
     "Tell whether the HTTP server on port answers a browser's GET of path"
     connection = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
-    try:
+    with contextlib.closing(connection), contextlib.suppress(OSError):
         connection.request('GET', path, headers={'User-Agent': tools.BROWSER})
         connection.getresponse().read()
         return True
-    except OSError:
-        return False
-    finally:
-        connection.close()
-
-
-def wrk(url, duration, rotation=None):
-    "Return the figures of a wrk run on url, or on the paths of rotation"
-    env = dict(os.environ, WRK_USER_AGENT=tools.BROWSER)
-    if url.endswith('/rpc/'):
-        env['WRK_RPC'] = '1'
-    if rotation:
-        env['WRK_PATHS'] = rotation
-    process = tools.run_process(['wrk', '-t', str(THREADS),
-            '-c', str(CONNECTIONS), '-d', '%ss' % duration,
-            '--timeout', '10s', '-s', os.path.join(HERE, 'wrk.lua'), url],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in process.stdout.splitlines():
-        if line.startswith('@@wrk '):
-            return json.loads(line[len('@@wrk '):])
-    log(process.stdout + process.stderr)
-    return {'error': 'wrk failed'}
+    return False
 
 
 def bench(name, sink, options, directory):
@@ -247,13 +229,10 @@ def bench(name, sink, options, directory):
     result = {'backend': name, 'floor': {}, 'module': {}, 'enrol_only': {}}
     with backend.database(TEMPLATE_DB):
         for size in options.sizes:
-            log("[%s] floor at N=%s" % (name, size))
             result['floor'][str(size)] = backend.measure('floor', size)
-            log("[%s] module at N=%s" % (name, size))
             result['module'][str(size)] = backend.measure(
                 'module', size, route_opens=options.route_opens)
         for size in sorted(set(options.enrol_sizes) - set(options.sizes)):
-            log("[%s] enrolment at N=%s" % (name, size))
             result['enrol_only'][str(size)] = backend.measure('enrol', size)
         if name == 'postgresql' and not options.no_wrk:
             try:
@@ -264,8 +243,10 @@ def bench(name, sink, options, directory):
     return result
 
 
-def by_size(*figures):
-    return dict(sorted((int(s), f) for f_ in figures for s, f in f_.items()))
+def by_size(result, *keys):
+    "Return the figures of result under keys, by size"
+    return dict(sorted((int(s), f) for k in keys
+            for s, f in result[k].items()))
 
 
 def table(rows, headers):
@@ -285,16 +266,14 @@ def report(result):
         return [name, size, '%.3f' % step['seconds'], step['statements'],
             step['emails'], '%.1f' % step['peak_rss_mb'],
             UNITS[name].format(**step)]
-    rows = [row('floor', s, f) for s, f in by_size(result['floor']).items()]
-    for size, module in by_size(
-            result['module'], result['enrol_only']).items():
+    rows = [row('floor', s, f) for s, f in by_size(result, 'floor').items()]
+    for size, module in by_size(result, 'module', 'enrol_only').items():
         rows.extend(row(n, size, s) for n, s in module['steps'].items())
         rows.append(['insert_select', size,
                 '%.3f' % module['insert_select']['seconds'], 2, 0, '-',
                 'plain INSERT ... SELECT of the enrolment rows'])
-    out = ['== %s' % result['backend'], table(rows, [
-                'step', 'N', 'wall s', 'SQL', 'emails', 'peak MB',
-                'per unit'])]
+    out = ['== %s' % result['backend'], table(rows, ['step', 'N', 'wall s',
+                'SQL', 'emails', 'peak MB', 'per unit'])]
     wrk = result.get('wrk')
     if wrk and wrk.get('skipped'):
         out.append('wrk: skipped (%s)' % wrk['skipped'])
@@ -314,25 +293,24 @@ def report(result):
 
 def targets(result):
     "Return the (PASS|FAIL|N/A, description) lines of the issue's targets"
-    lines = []
     if result.get('skipped'):
-        return lines
+        return []
+    lines = []
 
     def check(ok, text, *values):
         lines.append(('N/A' if ok is None else 'PASS' if ok else 'FAIL',
                 '[%s] %s' % (result['backend'], text % values)))
-
-    modules, floors = by_size(result['module']), by_size(result['floor'])
-    every = by_size(result['module'], result['enrol_only'])
+    floors, modules = by_size(result, 'floor'), by_size(result, 'module')
+    every = by_size(result, 'module', 'enrol_only')
+    sends = {s: m['steps']['send'] for s, m in modules.items()}
     if modules:
         size = 10000 if 10000 in modules else max(modules)
-        send = modules[size]['steps']['send']['ms_per_email']
-        floor = floors[size]['ms_per_email']
+        send, floor = sends[size]['ms_per_email'], floors[size]['ms_per_email']
         check(send <= 2.5 * floor, 'sending at N=%s: %.2f x the floor per '
             'email (%.3f vs %.3f ms), target <= 2.5x',
             size, send / floor, send, floor)
     for size, module in modules.items():
-        send = module['steps']['send']['statements_per_email']
+        send = sends[size]['statements_per_email']
         check(send <= 3, 'sending at N=%s: %.2f SQL statements per email, '
             'target <= 3', size, send)
         route = module['steps']['open_route']
@@ -341,8 +319,7 @@ def targets(result):
             'open (max), %s per click, target <= 8', size, opened, clicked)
     if len(every) >= 2:
         enrols = {s: m['steps']['enrol'] for s, m in every.items()}
-        batches = {s: math.ceil(s / m['batch_size'])
-            for s, m in every.items()}
+        batches = {s: math.ceil(s / every[s]['batch_size']) for s in every}
         ordered = list(every)
         small, large = ordered[0], ordered[-1]
         # The statements that each added batch costs, between successive
@@ -364,18 +341,17 @@ def targets(result):
         check(growth[1] <= max(2 * growth[0], growth[0] + 10),
             'enrolment: peak RSS growth %.1f MB at N=%s vs %.1f MB at N=%s, '
             'target flat', growth[1], large, growth[0], small)
-    large = [s for s in every if s >= 100000]
+    large = max((s for s in every if s >= 100000), default=None)
     if result['backend'] == 'postgresql' and large:
-        trigger = every[max(large)]['steps']['enrol']['seconds']
-        plain = every[max(large)]['insert_select']['seconds']
+        trigger = every[large]['steps']['enrol']['seconds']
+        plain = every[large]['insert_select']['seconds']
         check(trigger <= 10 * plain, 'enrolment at N=%s: trigger %.2f s is '
             '%.1f x a plain INSERT ... SELECT (%.2f s), target < 10x',
-            max(large), trigger, trigger / plain, plain)
+            large, trigger, trigger / plain, plain)
     elif result['backend'] == 'postgresql':
         check(None, 'enrolment vs INSERT ... SELECT: N=100,000 not measured')
     if 1000 in modules and 100000 in modules:
-        small, large = (modules[s]['steps']['send']['ms_per_email']
-            for s in [1000, 100000])
+        small, large = (sends[s]['ms_per_email'] for s in [1000, 100000])
         check(large <= 1.3 * small, 'scaling: %.3f ms per email at '
             'N=100,000 vs %.3f at N=1,000, target <= 1.3x', large, small)
     else:
@@ -396,62 +372,49 @@ def targets(result):
     return lines
 
 
-def sizes(value):
-    return [int(s.replace('_', '')) for s in value.split(',') if s.strip()]
-
-
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--backend', default='sqlite,postgresql',
-        help="comma-separated backends (default: %(default)s)")
-    parser.add_argument('--sizes', type=sizes, default=[1000, 10000],
-        help="sizes with every step (default: 1000,10000)")
-    parser.add_argument('--enrol-sizes', type=sizes, default=[100000],
-        help="extra sizes with the enrolment only (default: 100000)")
-    parser.add_argument('--route-opens', type=int, default=None,
-        help="at most this many opens through the route per size "
-        "(default: N/2)")
-    parser.add_argument('--no-wrk', action='store_true',
-        help="skip the route throughput with wrk")
-    parser.add_argument('--wrk-duration', type=int, default=30,
-        help="seconds of each wrk run (default: %(default)s)")
-    parser.add_argument('--output', default=os.path.join(HERE, 'results'),
-        help="where the JSON files go (default: benchmarks/results)")
-    options = parser.parse_args()
+    def sizes(value):
+        return [int(s.replace('_', '')) for s in value.split(',') if s.strip()]
 
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = parser.add_argument
+    # The defaults of the sizes are strings that argparse parses with type
+    add('--backend', default='sqlite,postgresql', help="comma-separated")
+    add('--sizes', type=sizes, default='1000,10000', help="with every step")
+    add('--enrol-sizes', type=sizes, default='100000', help="enrolment only")
+    add('--route-opens', type=int, help="route opens per size (None: half)")
+    add('--no-wrk', action='store_true', help="skip the throughput of wrk")
+    add('--wrk-duration', type=int, default=30, help="seconds of a wrk run")
+    add('--output', default=os.path.join(HERE, 'results'), help="JSON files")
+    options = parser.parse_args()
     started = dt.datetime.now()
-    directory = tempfile.mkdtemp(prefix='ma-bench-')
-    try:
+    with tempfile.TemporaryDirectory(prefix='ma-bench-',
+            ignore_cleanup_errors=True) as directory:
         with Sink(os.path.join(directory, 'smtp.count')) as sink:
             results = [bench(name.strip(), sink, options, directory)
                 for name in options.backend.split(',')]
         sink.file.close()
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
     common = {'started': started.isoformat(), 'machine': {
             'python': platform.python_version(),
-            'platform': platform.platform(),
-            'cpus': os.cpu_count(),
-            }}
+            'platform': platform.platform(), 'cpus': os.cpu_count()}}
     os.makedirs(options.output, exist_ok=True)
+
+    def dump(name, data):
+        with open(os.path.join(options.output, name), 'w') as file:
+            json.dump(data, file, indent=1, sort_keys=True)
     for result in results:
         print(report(result))
-        result.update(common, options={
-                'sizes': options.sizes, 'enrol_sizes': options.enrol_sizes,
-                'wrk': not options.no_wrk},
+        result.update(common, options={'sizes': options.sizes,
+                'enrol_sizes': options.enrol_sizes, 'wrk': not options.no_wrk},
             targets=[{'status': s, 'target': t} for s, t in targets(result)])
-        with open(os.path.join(options.output, '%s-%s.json' % (
-                        started.strftime('%Y%m%d-%H%M%S'),
-                        result['backend'])), 'w') as file:
-            json.dump(result, file, indent=1, sort_keys=True)
+        dump('%s-%s.json' % (started.strftime('%Y%m%d-%H%M%S'),
+                result['backend']), result)
     print('Targets')
     for result in results:
         for target in result['targets']:
             print('%(status)-4s %(target)s' % target)
-    with open(os.path.join(options.output, 'latest.json'), 'w') as file:
-        json.dump(dict(common, results=results), file, indent=1,
-            sort_keys=True)
+    dump('latest.json', dict(common, results=results))
     print('\nResults in %s' % os.path.relpath(options.output))
 
 

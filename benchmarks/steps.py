@@ -2,13 +2,10 @@
 # this repository contains the full copyright notices and license terms.
 """What is measured, in a process of its own for its memory figures
 
-    steps.py OPTIONS
-
-OPTIONS is the JSON of the options that run.py gives: the mode (floor,
-module, enrol or wrk), the size and the count file of the SMTP server, and
-the configuration and database of the module. It prints its figures as one
-JSON line starting with '@@result '."""
+Its argument is the JSON of run.py's options (the mode: floor, module, enrol
+or wrk); it prints its figures as one JSON line after '@@result '."""
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -33,6 +30,21 @@ stores</a>.</p>
 </body>
 </html>
 '''
+
+
+def send_email(name, **values):
+    "Return the values of an activity that sends the template"
+    return dict(values, name=name, action='send_email', email_title=TITLE,
+        email_template=TEMPLATE)
+
+
+# On every party: the root "News", its children on an open, on no click, always
+SCENARIO = {'name': 'Benchmark', 'model': 'party.party', 'domain': '[]',
+    'activities': [('create', [send_email('News', children=[('create', [
+                send_email('Opened', on='email_opened'),
+                send_email('Not clicked after 2 days', on='email_clicked_not',
+                    delay=dt.timedelta(days=2)),
+                send_email('Reminder')])])])]}
 
 
 def memory(key):
@@ -60,32 +72,29 @@ class Step:
     def __enter__(self):
         try:
             with open('/proc/self/clear_refs', 'w') as file:
-                file.write('5')
+                file.write('5')  # VmHWM back to the current RSS
             reset = True
         except OSError:
             reset = False
-        self.figures = {
-            'load_average': round(os.getloadavg()[0], 2),
-            'peak_rss_reset': reset,
-            'rss_start_mb': memory('VmRSS'),
-            }
+        self.figures = {'load_average': round(os.getloadavg()[0], 2),
+            'peak_rss_reset': reset, 'rss_start_mb': memory('VmRSS')}
         self.start = self.now()
         return self
 
     def __exit__(self, *exc):
         self.seconds, cpu, self.statements, self.emails = (
             e - s for e, s in zip(self.now(), self.start))
-        self.figures.update(
-            seconds=round(self.seconds, 4), cpu_seconds=round(cpu, 4),
-            statements=self.statements, emails=self.emails,
-            peak_rss_mb=memory('VmHWM'))
+        self.figures.update(seconds=round(self.seconds, 4),
+            cpu_seconds=round(cpu, 4), statements=self.statements,
+            emails=self.emails, peak_rss_mb=memory('VmHWM'))
 
     def ms(self, count):
         return round(1000 * self.seconds / max(count, 1), 4)
 
-    def result(self, unit=None, count=0, **figures):
-        "Return the figures of the step, with those per unit if given"
+    def result(self, unit=None, count=None, **figures):
+        "Return the figures, and per unit if given (by default per email)"
         if unit:
+            count = self.emails if count is None else count
             figures['ms_per_' + unit] = self.ms(count)
             figures['statements_per_' + unit] = round(
                 self.statements / max(count, 1), 3)
@@ -118,9 +127,8 @@ def floor(options):
     size = options['size']
     title, template = NewTextTemplate(TITLE), MarkupTemplate(TEMPLATE)
     # As the parties of the module
-    recipients = [SimpleNamespace(
-            name='Party %s' % i, email='Party-%06d@example.com' % i)
-        for i in range(size)]
+    recipients = [SimpleNamespace(name='Party %s' % i,
+            email='Party-%06d@example.com' % i) for i in range(size)]
     with Step(options['count_file']) as step:
         server = smtplib.SMTP('127.0.0.1', options['smtp_port'])
         for recipient in recipients:
@@ -146,79 +154,14 @@ def floor(options):
     return step.result(size=size, ms_per_email=step.ms(size))
 
 
-def setup(pool, size):
-    "Create the parties and the running scenario; return its root activity"
-    from trytond.modules.marketing_automation.tests import tools
-    Scenario = pool.get('marketing.automation.scenario')
-    tools.create_parties('Party', size)
-
-    def email(name, **values):
-        return dict(values, name=name, action='send_email',
-            email_title=TITLE, email_template=TEMPLATE)
-    scenario, = Scenario.create([{
-                'name': 'Benchmark',
-                'model': 'party.party',
-                'domain': '[]',
-                'activities': [('create', [email('News', children=[
-                                ('create', [
-                                        email('Opened', on='email_opened'),
-                                        email('Not clicked after 2 days',
-                                            on='email_clicked_not',
-                                            delay=dt.timedelta(days=2)),
-                                        email('Reminder'),
-                                        ])])])],
-                }])
-    Scenario.run([scenario])
-    root, = scenario.activities
-    return root.id
-
-
-def tracked(pool, root, database, every=1):
-    """Return the record activity, the open path and a click path of the
-    emails of root, one in every, in the order they were composed"""
-    from trytond.modules.marketing_automation.tests import tools
-    Email = pool.get('ir.email')
-    RecordActivity = pool.get('marketing.automation.record.activity')
-    path = re.compile(re.escape(tools.AUTOMATION_BASE)
-        + r'(/m/%s/([oc])/[^"]+)' % re.escape(database))
-    activities = {r['record']: r['id'] for r in RecordActivity.search_read(
-            [('activity', '=', root)], fields_names=['record'])}
-    emails = Email.search([
-            ('marketing_automation_activity', '=', root),
-            ], order=[('id', 'ASC')])[::every]
-    result = []
-    for email in emails:
-        paths = {kind: p for p, kind in path.findall(email.body)}
-        result.append((activities[email.marketing_automation_record.id],
-                paths['o'], paths['c']))
-    return result
-
-
-def states(pool):
-    "Count the record activities by activity and state, to check the run"
-    Activity = pool.get('marketing.automation.activity')
-    RecordActivity = pool.get('marketing.automation.record.activity')
-    result = {}
-    for activity in Activity.search([]):
-        for state, _ in RecordActivity.state.selection:
-            count = RecordActivity.search_count([
-                    ('activity', '=', activity.id), ('state', '=', state)])
-            if count:
-                result.setdefault(activity.name, {})[state] = count
-    return result
-
-
 def insert_select(backend, root):
-    """Time a plain INSERT … SELECT of the rows that enrolment creates, into
-    scratch tables shaped like marketing_automation_record and its record
-    activities"""
+    """Time a plain INSERT … SELECT of the rows of enrolment into scratch
+    tables shaped like the records and record activities"""
     from trytond.transaction import Transaction
     transaction = Transaction()
     cursor = transaction.connection.cursor()
-    tables = {
-        'marketing_automation_record': 'bench_scratch_record',
-        'marketing_automation_record_activity': 'bench_scratch_ra',
-        }
+    tables = {'marketing_automation_record': 'bench_scratch_record',
+        'marketing_automation_record_activity': 'bench_scratch_ra'}
     for source, scratch in tables.items():
         if backend == 'postgresql':
             cursor.execute('CREATE TABLE %s (LIKE %s INCLUDING ALL)' % (
@@ -243,9 +186,8 @@ def insert_select(backend, root):
     cursor.execute("INSERT INTO bench_scratch_ra "
         "(record, activity, at, state, email_opened, email_clicked, "
         "email_opened_machine, email_filtered, create_uid, create_date) "
-        "SELECT id, %s, %s, 'waiting', %s, %s, %s, %s, 0, %s "
-        "FROM bench_scratch_record"
-        % (int(root), now, false, false, false, false, now))
+        "SELECT id, %s, %s, 'waiting', %s, 0, %s FROM bench_scratch_record"
+        % (int(root), now, ', '.join([false] * 4), now))
     transaction.commit()
     t2 = time.perf_counter()
     for scratch in tables.values():
@@ -257,8 +199,7 @@ def insert_select(backend, root):
 def module(options):
     "The steps of the module at one size, on a fresh database"
     from trytond import config
-    config.update_etc(options['config'])
-
+    config.update_etc(options['config'])  # before the imports that read it
     from trytond.modules.marketing_automation.tests import tools
     from trytond.pool import Pool
     from trytond.transaction import Transaction
@@ -268,7 +209,6 @@ def module(options):
 
     def transaction(readonly=False):
         return Transaction().start(database, 0, readonly=readonly)
-
     Pool.start()
     pool = Pool(database)
     with transaction(readonly=True):
@@ -277,30 +217,44 @@ def module(options):
         counter = tools.StatementCounter(keep=False).__enter__()
     Scenario = pool.get('marketing.automation.scenario')
     RecordActivity = pool.get('marketing.automation.record.activity')
+    link = re.compile(re.escape(tools.AUTOMATION_BASE)
+        + r'(/m/%s/([oc])/[^"]+)' % re.escape(database))
+    step = functools.partial(Step, options['count_file'], counter)
 
-    def step():
-        return Step(options['count_file'], counter)
+    def tracked(every=1):
+        """Return the record activity, the open path and a click path of the
+        emails of root, one in every, in the order they were composed"""
+        with transaction(readonly=True):
+            emails = pool.get('ir.email').search_read(
+                [('marketing_automation_activity', '=', root)],
+                order=[('id', 'ASC')],
+                fields_names=['marketing_automation_record_activity', 'body'])
+        result = []
+        for email in emails[::every]:
+            paths = {kind: p for p, kind in link.findall(email['body'])}
+            result.append((email['marketing_automation_record_activity'],
+                    paths['o'], paths['c']))
+        return result
 
-    def process():
-        "Run the processing of the cron and return its figures"
-        with step() as run, transaction() as t:
-            RecordActivity.process()
+    def committed(method):
+        "Measure method and its commit as a step"
+        with step() as measured, transaction() as t:
+            method()
             t.commit()
-        return run.result('email', run.emails)
+        return measured
 
+    # The parties and the running scenario, not measured but their time
     started = time.perf_counter()
     with transaction() as t:
-        root = setup(pool, size)
+        tools.create_parties('Party', size)
+        scenario, = Scenario.create([SCENARIO])
+        Scenario.run([scenario])
+        root, = (a.id for a in scenario.activities)
         t.commit()
-    result = {
-        'size': size, 'backend': options['backend'], 'batch_size': batch,
-        'setup_seconds': round(time.perf_counter() - started, 2),
-        'steps': {}}
+    result = {'size': size, 'backend': options['backend'], 'batch_size': batch,
+        'setup_seconds': round(time.perf_counter() - started, 2), 'steps': {}}
     steps = result['steps']
-
-    with step() as enrol, transaction() as t:
-        Scenario.trigger()
-        t.commit()
+    enrol = committed(Scenario.trigger)
     steps['enrol'] = enrol.result(records=size, ms_per_record=enrol.ms(size),
         statements_per_batch=round(
             enrol.statements / math.ceil(size / batch), 2))
@@ -308,22 +262,17 @@ def module(options):
         with transaction():
             result['insert_select'] = insert_select(options['backend'], root)
         return result
-
     # The first processing run sends the root emails
-    steps['send'] = process()
-
+    steps['send'] = committed(RecordActivity.process).result('email')
     if mode == 'wrk':
-        with transaction(readonly=True):
-            paths = tracked(pool, root, database)
+        paths = tracked()
         for index, kind in [(1, '.open'), (2, '.click')]:
             with open(options['paths'] + kind, 'w') as file:
                 file.writelines(p[index] + '\n' for p in paths)
         return result
-
     # Every other email is opened, in bulk first, rolled back to replay
     # the same opens through the route
-    with transaction(readonly=True):
-        events = tracked(pool, root, database, every=2)
+    events = tracked(every=2)
     ids = [i for i, _, _ in events]
     with transaction() as t:
         with step() as bulk:
@@ -342,27 +291,30 @@ def module(options):
         statements, start = counter.count, time.perf_counter()
         status = tools.follow(path).status_code
         return status, counter.count - statements, time.perf_counter() - start
-    if options['route_opens'] is not None:
-        events = events[:options['route_opens']]
+    events = events[:options['route_opens']]  # all of them if None
     with step() as route:
-        requests = [get(o) for _, o, _ in events]
+        statuses, counts, latencies = zip(*(get(o) for _, o, _ in events))
     click_status, click_statements, _ = get(events[-1][2])
-    latencies = sorted(s for _, _, s in requests)
-
-    def percentile(p):
-        return round(1000 * latencies[
+    # The nearest-rank percentiles
+    latencies = sorted(latencies)
+    p50, p99 = (round(1000 * latencies[
                 max(0, math.ceil(p / 100 * len(latencies)) - 1)], 3)
-    steps['open_route'] = route.result('event', len(requests),
-        events=len(requests), failures=sum(s != 200 for s, _, _ in requests),
-        statements_max=max(n for _, n, _ in requests),
-        latency_p50_ms=percentile(50), latency_p99_ms=percentile(99),
+        for p in [50, 99])
+    steps['open_route'] = route.result('event', len(events),
+        events=len(events), failures=sum(s != 200 for s in statuses),
+        statements_max=max(counts), latency_p50_ms=p50, latency_p99_ms=p99,
         click_statements=click_statements, click_status=click_status)
-
     # The second one sends the reminders and the opened children
-    steps['process2'] = process()
-
+    steps['process2'] = committed(RecordActivity.process).result('email')
+    # The record activities by activity and state, to check the run
+    states = result['states'] = {}
     with transaction(readonly=True):
-        result['states'] = states(pool)
+        for activity in pool.get('marketing.automation.activity').search([]):
+            for state, _ in RecordActivity.state.selection:
+                count = RecordActivity.search_count([
+                        ('activity', '=', activity.id), ('state', '=', state)])
+                if count:
+                    states.setdefault(activity.name, {})[state] = count
     # Last: its DDL must not change what the steps see
     with transaction():
         result['insert_select'] = insert_select(options['backend'], root)
