@@ -2,9 +2,7 @@
 # this repository contains the full copyright notices and license terms.
 """The exit goal of a scenario: a record that meets it is converted, and
 nothing more is sent to it"""
-from sql import Literal, Null
-from sql.aggregate import Count, Sum
-from sql.conditionals import Case
+from sql import Null
 
 from trytond.model import fields
 from trytond.pool import Pool, PoolMeta
@@ -12,9 +10,9 @@ from trytond.pyson import PYSONDecoder
 from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
-from .batch import batch_size, sliced
+from .batch import batch_size
 from .exceptions import GoalError
-from .marketing_automation import check_domains, current_time
+from .marketing_automation import current_time
 
 
 class Scenario(metaclass=PoolMeta):
@@ -25,51 +23,17 @@ class Scenario(metaclass=PoolMeta):
         help="A domain on the records: a record that matches it is "
         "converted, and its waiting activities are cancelled.\n"
         "Leave empty for no goal.")
-    record_count_converted = fields.Function(
-        fields.Integer("Records Converted"), 'get_conversions')
-    conversion_rate = fields.Function(
-        fields.Float("Conversion Rate", digits=(1, 2)), 'get_conversions')
-    conversion_rate_trend = fields.Function(
-        fields.Char("Conversion Rate Trend"), 'get_trend')
 
     @classmethod
-    def get_conversions(cls, scenarios, names):
-        pool = Pool()
-        Record = pool.get('marketing.automation.record')
-        record = Record.__table__()
-        cursor = Transaction().connection.cursor()
-        values = {n: dict.fromkeys(map(int, scenarios), 0) for n in names}
-        for sub_ids in sliced(list(map(int, scenarios))):
-            cursor.execute(*record.select(
-                    record.scenario, Count(), converted_count(record),
-                    where=reduce_ids(record.scenario, sub_ids),
-                    group_by=record.scenario))
-            for scenario_id, count, converted in cursor:
-                row = {
-                    'record_count_converted': converted or 0,
-                    'conversion_rate': (
-                        round((converted or 0) / count, 2) if count else 0.),
-                    }
-                for name in names:
-                    values[name][scenario_id] = row[name]
-        return values
+    def __setup__(cls):
+        super().__setup__()
+        cls._domains['goal'] = (
+            GoalError, 'marketing_automation.msg_scenario_invalid_goal')
 
     @property
     def pyson_goal(self):
         if self.goal:
             return PYSONDecoder({}).decode(self.goal)
-
-    @classmethod
-    def validate_fields(cls, scenarios, field_names):
-        super().validate_fields(scenarios, field_names)
-        cls.check_goal(scenarios, field_names)
-
-    @classmethod
-    def check_goal(cls, scenarios, field_names=None):
-        if field_names and not (field_names & {'goal', 'model'}):
-            return
-        check_domains(scenarios, 'goal', GoalError,
-            'marketing_automation.msg_scenario_invalid_goal')
 
     @classmethod
     def check_goals(cls, scenarios=None):
@@ -154,8 +118,3 @@ class Record(metaclass=PoolMeta):
         default = default.copy() if default is not None else {}
         default.setdefault('converted')
         return super().copy(records, default=default)
-
-
-def converted_count(record):
-    "Return the SQL count of the converted records of the table record"
-    return Sum(Case((record.converted != Null, Literal(1)), else_=0))

@@ -129,6 +129,13 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
         cls._sql_indexes.add(
             Index(t, (t.state, Index.Equality(cardinality='low')),
                 where=t.state == 'running'))
+        # The fields that hold a domain of the records, with the error and
+        # the message that refuse an invalid one
+        cls._domains = {
+            'domain': (
+                DomainError,
+                'marketing_automation.msg_scenario_invalid_domain'),
+            }
         cls._transitions |= {
             ('draft', 'running'),
             ('running', 'stopped'),
@@ -244,10 +251,11 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
 
     @classmethod
     def check_domain(cls, scenarios, field_names=None):
-        if field_names and not (field_names & {'domain', 'model'}):
+        "Check the fields of _domains: domains of the records"
+        if field_names and not (field_names & (set(cls._domains) | {'model'})):
             return
-        check_domains(scenarios, 'domain', DomainError,
-            'marketing_automation.msg_scenario_invalid_domain')
+        for name, (error, message) in cls._domains.items():
+            check_domains(scenarios, name, error, message)
 
     @classmethod
     def copy(cls, scenarios, default=None):
