@@ -115,4 +115,4 @@ class EmailEvents:
                     [Literal(True)] * len(columns)
                     + [transaction.user, current_time()],
                     where=reduce_ids(table.id, sub_ids) & unset))
-        cls.forget(cls.browse(ids))
+        cls.forget(ids)

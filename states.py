@@ -121,15 +121,19 @@ class Transitions:
 
     @classmethod
     def forget(cls, record_activities=None):
-        """Forget what the transaction read of the record activities, all of
-        them when none is given, as their rows changed behind the ORM"""
+        """Forget what the transaction read of the record activities, or of
+        their ids, all of them when none is given, as their rows changed
+        behind the ORM"""
         transaction = Transaction()
         transaction.counter += 1
         ids = None
         if record_activities is not None:
             ids = list(map(int, record_activities))
             for record_activity in record_activities:
-                record_activity._local_cache.pop(record_activity.id, None)
+                # Ids need no browse: it costs the square of their number
+                if not isinstance(record_activity, int):
+                    record_activity._local_cache.pop(
+                        record_activity.id, None)
         for cache in transaction.cache.values():
             if cls.__name__ in cache:
                 if ids is None:

@@ -8,7 +8,7 @@ happens. Each move is a constant number of statements for a whole batch."""
 import datetime as dt
 from collections import defaultdict, namedtuple
 
-from sql import Null
+from sql import Literal, Null
 
 from trytond.pool import Pool
 from trytond.tools import reduce_ids
@@ -25,33 +25,49 @@ def _table():
     return Pool().get('marketing.automation.record.activity').__table__()
 
 
+def _waiting(table, now):
+    "Return the columns of a new waiting record activity and their values"
+    columns = [table.state,
+        table.email_opened, table.email_clicked,
+        table.email_opened_machine, table.email_filtered,
+        table.email_bounced, table.email_complained,
+        table.create_uid, table.create_date]
+    return columns, ['waiting'] + [False] * 6 + [Transaction().user, now]
+
+
 def create_waiting(rows, now):
     """Create the waiting record activities of the (record, activity, at)
     rows
 
     The ORM would insert them one by one on SQLite."""
     table = _table()
-    transaction = Transaction()
-    cursor = transaction.connection.cursor()
-    columns = [table.record, table.activity, table.at, table.state,
-        table.email_opened, table.email_clicked,
-        table.email_opened_machine, table.email_filtered,
-        table.email_bounced, table.email_complained,
-        table.create_uid, table.create_date]
-    values = [[record, activity, at, 'waiting', False, False, False,
-            False, False, False, transaction.user, now]
-        for record, activity, at in rows]
+    cursor = Transaction().connection.cursor()
+    columns, values = _waiting(table, now)
+    columns = [table.record, table.activity, table.at] + columns
+    values = [[record, activity, at] + values for record, activity, at in rows]
     for sub_values in sliced_rows(values, len(columns)):
         cursor.execute(*table.insert(columns, list(sub_values)))
 
 
 def enrol(record_ids, activities, now):
-    "Schedule the root activities for the records just enrolled"
-    rows = []
+    """Schedule the root activities for the records just enrolled
+
+    Inserted from a select of the records: the values are the same for all
+    of them and the ids of a batch are mostly a range."""
+    pool = Pool()
+    Record = pool.get('marketing.automation.record')
+    record = Record.__table__()
+    table = _table()
+    cursor = Transaction().connection.cursor()
+    columns, values = _waiting(table, now)
+    columns = [table.record, table.activity, table.at] + columns
     for activity in activities:
         at = now + (activity.delay or dt.timedelta())
-        rows.extend((i, activity.id, at) for i in record_ids)
-    create_waiting(rows, now)
+        for sub_ids in sliced(sorted(record_ids)):
+            cursor.execute(*table.insert(columns, record.select(
+                        record.id, *[Literal(v) for v in [activity.id, at]
+                            + values],
+                        where=reduce_ids(record.id, sub_ids))))
 
 
 def schedule_children(record_activities, now):
