@@ -61,13 +61,14 @@ def enrol(record_ids, activities, now):
     cursor = Transaction().connection.cursor()
     columns, values = _waiting(table, now)
     columns = [table.record, table.activity, table.at] + columns
+    # One batch: reduce_ids makes its ids a range or a few
+    where = reduce_ids(record.id, sorted(record_ids))
     for activity in activities:
         at = now + (activity.delay or dt.timedelta())
-        for sub_ids in sliced(sorted(record_ids)):
-            cursor.execute(*table.insert(columns, record.select(
-                        record.id, *[Literal(v) for v in [activity.id, at]
-                            + values],
-                        where=reduce_ids(record.id, sub_ids))))
+        cursor.execute(*table.insert(columns, record.select(
+                    record.id, *[Literal(v) for v in [activity.id, at]
+                        + values],
+                    where=where)))
 
 
 def schedule_children(record_activities, now):
