@@ -6,7 +6,6 @@ wait for its event, and extra values in the template context"""
 from trytond.model import ModelSQL, ModelView, fields
 from trytond.pool import Pool, PoolMeta
 
-from ..deferral import TIMEZONES
 from ..mixin import MarketingAutomationMixin
 
 # The selection values that the test module adds to the module's models
@@ -18,15 +17,6 @@ SELECTIONS = {
         ('text_replied_not', "Text Not Replied"),
         ],
     }
-
-# The fields that the test module adds to other modules' models
-FIELDS = {('party.party', 'timezone')}
-
-
-class Party(metaclass=PoolMeta):
-    "A party with a time zone, as a module may give it"
-    __name__ = 'party.party'
-    timezone = fields.Selection(TIMEZONES, "Timezone", translate=False)
 
 
 class Voucher(MarketingAutomationMixin, ModelSQL, ModelView):

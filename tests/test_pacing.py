@@ -7,8 +7,10 @@ The windows are tested on a fixed clock; the engine runs on the real one,
 with the dates of the data moved instead of the clock."""
 import datetime as dt
 import unittest
+from types import SimpleNamespace
 
 from trytond.model.exceptions import ValidationError
+from trytond.modules.marketing_automation import deferral
 from trytond.modules.marketing_automation.deferral import Window
 from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
@@ -218,29 +220,20 @@ class PacingTestCase(DatabaseTestCase):
             self.assertGreaterEqual(child.at, before + dt.timedelta(days=1))
 
     @with_transaction()
-    def test_window_party_time_zone(self):
+    def test_window_time_zone(self):
         """The hours are read in the party's time zone when a module gives
-        one, else in the scenario's"""
+        the party one, else in the scenario's, else in UTC"""
         pool = Pool()
         Party = pool.get('party.party')
-        create_parties('TZ', 2)
-        far, near = Party.search(
-            [('code', 'like', 'TZ-%')], order=[('code', 'ASC')])
-        now = dt.datetime.now()
-        # Open now in UTC, closed 12 hours away
-        far.timezone = 'Pacific/Kiritimati' if now.hour < 12 else 'Etc/GMT+12'
-        far.save()
-        scenario = create_scenario('TZ', [email_activity()],
-            window_weekdays=[str(d) for d in range(7)],
-            window_start=(now - dt.timedelta(hours=1)).time(),
-            window_end=(now + dt.timedelta(hours=1)).time(),
-            window_timezone='UTC')
-        server = process([scenario])
-        self.assertEqual([m['To'] for m in server.messages],
-            ['TZ 1 <TZ-000001@example.com>'])
-        waiting, = record_activities_of(scenario, state='waiting')
-        self.assertEqual(waiting.record.record, far)
-        self.assertEqual(waiting.deferred, 'window')
+        create_parties('TZ', 1)
+        party, = Party.search([('code', 'like', 'TZ-%')])
+        scenario = create_scenario('TZ', [email_activity()], run=False)
+        self.assertEqual(deferral._tzinfo(scenario, party), tz.UTC)
+        scenario.window_timezone = 'Europe/Brussels'
+        self.assertEqual(deferral._tzinfo(scenario, party), BRUSSELS)
+        # No module of Tryton gives a party a time zone: a party of one
+        with_zone = SimpleNamespace(timezone='America/New_York')
+        self.assertEqual(deferral._tzinfo(scenario, with_zone), NEW_YORK)
 
     @with_transaction()
     def test_window_empty(self):

@@ -52,10 +52,6 @@ def of_test_module(entry):
     "Tell whether entry is a string of the test module of extension.py"
     if '.test.' in entry.msgctxt:
         return True
-    for model, name in extension.FIELDS:
-        for kind in ['field', 'help', 'selection']:
-            if entry.msgctxt.startswith('%s:%s,%s:' % (kind, model, name)):
-                return True
     for name, selection in extension.SELECTIONS.items():
         if (entry.msgctxt.startswith(
                     'selection:marketing.automation.activity,%s:' % name)
