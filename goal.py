@@ -13,6 +13,7 @@ from trytond.transaction import Transaction
 from .batch import batch_size
 from .exceptions import GoalError
 from .marketing_automation import current_time
+from .states import forget
 
 
 class Scenario(metaclass=PoolMeta):
@@ -107,11 +108,7 @@ class Record(metaclass=PoolMeta):
                 where=reduce_ids(table.id, record_ids)
                 & (table.converted == Null)))
         RecordActivity.cancel_waiting(record_ids)
-        # The rows changed behind the ORM
-        transaction.counter += 1
-        for cache in transaction.cache.values():
-            if cls.__name__ in cache:
-                cache[cls.__name__].clear()
+        forget(cls.__name__, record_ids)
 
     @classmethod
     def copy(cls, records, default=None):

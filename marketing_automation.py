@@ -5,7 +5,7 @@ import logging
 import secrets
 from collections import defaultdict
 
-from sql import Conflict, For
+from sql import Conflict, For, Null
 from sql.aggregate import Count, Sum
 from sql.conditionals import Case
 
@@ -99,9 +99,16 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
     record_count_blocked = fields.Function(
         fields.Integer("Records Blocked"), 'get_record_count')
     block_rate = fields.Function(
-        fields.Float("Block Rate", digits=(1, 2)), 'get_block_rate')
+        fields.Float("Block Rate", digits=(1, 2)), 'get_rate')
     block_rate_trend = fields.Function(
         fields.Char("Block Rate Trend"), 'get_trend')
+    # The records that met the goal (goal.py)
+    record_count_converted = fields.Function(
+        fields.Integer("Records Converted"), 'get_record_count')
+    conversion_rate = fields.Function(
+        fields.Float("Conversion Rate", digits=(1, 2)), 'get_rate')
+    conversion_rate_trend = fields.Function(
+        fields.Char("Conversion Rate Trend"), 'get_trend')
     tracking = fields.Selection([
             ('full', "Opens and Clicks"),
             ('clicks', "Clicks Only"),
@@ -203,14 +210,15 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
                     record.scenario,
                     Count(),
                     Sum(Case((record.blocked, 1), else_=0)),
+                    Sum(Case((record.converted != Null, 1), else_=0)),
                     where=reduce_ids(record.scenario, sub_ids),
                     group_by=record.scenario))
-            for scenario_id, count, blocked in cursor:
-                if 'record_count' in counts:
-                    counts['record_count'][scenario_id] = count
-                if 'record_count_blocked' in counts:
-                    counts['record_count_blocked'][scenario_id] = (
-                        blocked or 0)
+            for scenario_id, *row in cursor:
+                for name, count in zip([
+                            'record_count', 'record_count_blocked',
+                            'record_count_converted'], row):
+                    if name in counts:
+                        counts[name][scenario_id] = count or 0
         return counts
 
     def _count_matching(self):
@@ -222,16 +230,22 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
             return None
 
     @classmethod
-    def get_block_rate(cls, scenarios, name):
-        counts = cls.get_record_count(
+    def get_rate(cls, scenarios, names):
+        "The share of the records enrolled that were blocked or converted"
+        counts = {
+            'block_rate': 'record_count_blocked',
+            'conversion_rate': 'record_count_converted',
+            }
+        records = cls.get_record_count(
             [s for s in scenarios if s.state != 'draft'],
-            ['record_count', 'record_count_blocked'])
-        rates = {}
+            ['record_count'] + [counts[n] for n in names])
+        rates = {n: {} for n in names}
         for scenario in scenarios:
-            enrolled = counts['record_count'].get(scenario.id)
-            blocked = counts['record_count_blocked'].get(scenario.id, 0)
-            rates[scenario.id] = (
-                round(blocked / enrolled, 2) if enrolled else 0.)
+            enrolled = records['record_count'].get(scenario.id)
+            for name in names:
+                count = records[counts[name]].get(scenario.id, 0)
+                rates[name][scenario.id] = (
+                    round(count / enrolled, 2) if enrolled else 0.)
         return rates
 
     @classmethod

@@ -122,22 +122,27 @@ class Transitions:
     @classmethod
     def forget(cls, record_activities=None):
         """Forget what the transaction read of the record activities, or of
-        their ids, all of them when none is given, as their rows changed
-        behind the ORM"""
-        transaction = Transaction()
-        transaction.counter += 1
-        ids = None
-        if record_activities is not None:
-            ids = list(map(int, record_activities))
-            for record_activity in record_activities:
-                # Ids need no browse: it costs the square of their number
-                if not isinstance(record_activity, int):
-                    record_activity._local_cache.pop(
-                        record_activity.id, None)
-        for cache in transaction.cache.values():
-            if cls.__name__ in cache:
-                if ids is None:
-                    cache[cls.__name__].clear()
-                else:
-                    for id_ in ids:
-                        cache[cls.__name__].pop(id_, None)
+        their ids, all of them when none is given"""
+        forget(cls.__name__, record_activities)
+
+
+def forget(model, records=None):
+    """Forget what the transaction read of the records of model, or of their
+    ids, all of them when none is given, as their rows changed behind the
+    ORM"""
+    transaction = Transaction()
+    transaction.counter += 1
+    ids = None
+    if records is not None:
+        ids = list(map(int, records))
+        for record in records:
+            # Ids need no browse: it costs the square of their number
+            if not isinstance(record, int):
+                record._local_cache.pop(record.id, None)
+    for cache in transaction.cache.values():
+        if model in cache:
+            if ids is None:
+                cache[model].clear()
+            else:
+                for id_ in ids:
+                    cache[model].pop(id_, None)

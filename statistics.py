@@ -4,8 +4,7 @@
 opened, clicked, bounced and complained of"""
 from collections import defaultdict
 
-from sql import Null
-from sql.aggregate import Count, Sum
+from sql.aggregate import Sum
 from sql.conditionals import Case
 
 from trytond.model import fields
@@ -170,12 +169,6 @@ class ScenarioStatistics(Trends):
         fields.Integer("Emails Bounced"), 'get_email_feedback')
     email_complained = fields.Function(
         fields.Integer("Emails Complained"), 'get_email_feedback')
-    record_count_converted = fields.Function(
-        fields.Integer("Records Converted"), 'get_conversions')
-    conversion_rate = fields.Function(
-        fields.Float("Conversion Rate", digits=(1, 2)), 'get_conversions')
-    conversion_rate_trend = fields.Function(
-        fields.Char("Conversion Rate Trend"), 'get_trend')
 
     @classmethod
     def get_email_feedback(cls, scenarios, names):
@@ -201,30 +194,6 @@ class ScenarioStatistics(Trends):
                 row = {
                     'email_bounced': bounced or 0,
                     'email_complained': complained or 0,
-                    }
-                for name in names:
-                    values[name][scenario_id] = row[name]
-        return values
-
-    @classmethod
-    def get_conversions(cls, scenarios, names):
-        "The records that met the goal (goal.py), and their rate"
-        pool = Pool()
-        Record = pool.get('marketing.automation.record')
-        record = Record.__table__()
-        cursor = Transaction().connection.cursor()
-        values = {n: dict.fromkeys(map(int, scenarios), 0) for n in names}
-        converted = Sum(Case((record.converted != Null, 1), else_=0))
-        for sub_ids in sliced(list(map(int, scenarios))):
-            cursor.execute(*record.select(
-                    record.scenario, Count(), converted,
-                    where=reduce_ids(record.scenario, sub_ids),
-                    group_by=record.scenario))
-            for scenario_id, count, converted_ in cursor:
-                row = {
-                    'record_count_converted': converted_ or 0,
-                    'conversion_rate': (
-                        round((converted_ or 0) / count, 2) if count else 0.),
                     }
                 for name in names:
                     values[name][scenario_id] = row[name]
