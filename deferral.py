@@ -155,19 +155,33 @@ def defer(activity, record_activities, now):
     the reason and the date until which each other one waits"""
     if activity.action != 'send_email' or not record_activities:
         return record_activities, {}
+    pool = Pool()
+    Party = pool.get('party.party')
     scenario = activity.scenario
     window = scenario.window
     cap, period = _cap()
-    if window is None and (cap is None or scenario.frequency_cap_exempt):
+    if scenario.frequency_cap_exempt:
+        cap = None
+    if window is None and cap is None:
         return record_activities, {}
-    parties = {ra: ra.record.party for ra in record_activities}
+    # Reading the party of each record costs: only the cap and the time
+    # zone of a party need it
+    if cap is not None or 'timezone' in Party._fields:
+        parties = {ra: ra.record.party for ra in record_activities}
+    else:
+        parties = dict.fromkeys(record_activities)
     deferred = {}
     if window is not None:
+        # Once by time zone, not by record
+        openings = {}
         for record_activity, party in parties.items():
-            opening = window.next_opening(now, _tzinfo(scenario, party))
-            if opening is not None:
-                deferred[record_activity] = ('window', opening)
-    if cap is not None and not scenario.frequency_cap_exempt:
+            zone = getattr(party, 'timezone', None)
+            if zone not in openings:
+                openings[zone] = window.next_opening(
+                    now, _tzinfo(scenario, party))
+            if openings[zone] is not None:
+                deferred[record_activity] = ('window', openings[zone])
+    if cap is not None:
         deferred.update(_capped(
                 {ra: p for ra, p in parties.items()
                     if p is not None and ra not in deferred},

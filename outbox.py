@@ -405,9 +405,8 @@ def _send(emails):
     connection = pacing.Connection(_connect)
     sent, delivered, go_on = 0, [], True
     for index, (email_id, message, attempts) in enumerate(emails):
-        rest = [e for e, _, _ in emails[index + 1:]]
         if slots[index] > deadline:
-            _release([email_id] + rest)
+            _release([e for e, _, _ in emails[index:]])
             go_on = False
             break
         pacing.wait_until(slots[index])
@@ -422,7 +421,7 @@ def _send(emails):
             if outcome == 'throttled':
                 _release([email_id], detail)
             # The others of the claim go back to the outbox at once
-            _release(rest)
+            _release([e for e, _, _ in emails[index + 1:]])
             go_on = False
         transaction.commit()
         if outcome == 'throttled':
