@@ -4,6 +4,7 @@
 import email
 import hashlib
 import json
+import logging
 import re
 from collections import defaultdict, namedtuple
 from email.charset import QP, Charset
@@ -26,10 +27,12 @@ from trytond.i18n import gettext
 from trytond.pool import Pool
 from trytond.tools.email_ import format_address, set_from_header
 from trytond.transaction import Transaction
+from trytond.url import http_host
 
 from . import bounce, sandbox
-from .exceptions import AutomationBaseError
 from .marketing_automation import new_token
+
+logger = logging.getLogger(__name__)
 
 UNSUBSCRIBE = 'unsubscribe'
 # The legacy API stores headers as given: parsing each one with the
@@ -46,17 +49,23 @@ UNTRACKED = re.compile(r'^(mailto:|tel:|sms:|#|\$)', re.IGNORECASE)
 def automation_base():
     """Return the scheme and host of the tracked URLs
 
-    Never the Host header of a request, which anyone can set."""
+    By default trytond's own, as every URL that trytond makes, but never
+    from the Host header of a request, which anyone can set."""
     base = config.get('marketing', 'automation_base', default=None)
     if not base:
-        hostname = config.get('web', 'hostname', default=None)
-        if not hostname:
-            raise AutomationBaseError(gettext(
-                    'marketing_automation.msg_automation_base_missing'))
-        scheme = 'https' if (config.get('ssl', 'certificate')
-            or config.get('ssl', 'privatekey')) else 'http'
-        base = '%s://%s' % (scheme, hostname)
+        _warn_default_host()
+        with Transaction().set_context(_request=None):
+            base = http_host()
     return base.rstrip('/')
+
+
+@lru_cache(maxsize=1)
+def _warn_default_host():
+    "Warn once per process that the links are on the machine's own name"
+    if not config.get('web', 'hostname', default=None):
+        logger.warning(
+            "neither [marketing] automation_base nor [web] hostname is set: "
+            "the links of the emails are on %s", http_host())
 
 
 def _url(kind, *tokens):
@@ -258,8 +267,6 @@ def compose(activity, record_activities):
     pool = Pool()
     Activity = pool.get('marketing.automation.activity')
     Email = pool.get('ir.email')
-    # Fail early and keep the record activities waiting
-    automation_base()
     if (activity.scenario.tracking == 'aggregate'
             and not activity.email_open_token):
         Activity.write([activity], {'email_open_token': new_token()})

@@ -33,9 +33,5 @@ class GoalError(ValidationError):
     pass
 
 
-class AutomationBaseError(UserError):
-    pass
-
-
 class TestAddressError(UserError):
     pass

@@ -5,9 +5,10 @@ import logging
 import secrets
 from collections import defaultdict
 
-from sql import Conflict, For, Null
+from sql import Cast, Conflict, For, Literal, Null
 from sql.aggregate import Count, Sum
 from sql.conditionals import Case
+from sql.operators import Concat, Exists
 
 from trytond.i18n import gettext
 from trytond.model import Index, ModelSQL, ModelView, Unique, Workflow, fields
@@ -339,28 +340,40 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
         pool = Pool()
         Record = pool.get('marketing.automation.record')
         self._lock_enrolment()
-        count = sum(Record.enrol(self, ids) for ids in self.candidates())
+        count = sum(Record.enrol(self, ids)
+            for ids in self.candidates(enrolled=False))
         if count and self.goal:
             # Those that met the goal already are not sent anything
             self.convert_records()
         return count
 
-    def candidates(self):
+    def candidates(self, enrolled=True):
         """Yield by batches the ids of the records that the domain matches
-        and whose party did not unsubscribe, enrolled or not"""
+        and whose party did not unsubscribe; with enrolled False, only
+        those that are not enrolled yet"""
         pool = Pool()
         Model = pool.get(self.model)
+        Record = pool.get('marketing.automation.record')
+        record = Record.__table__()
         cursor = Transaction().connection.cursor()
-        domain = [
-            self.pyson_domain,
-            ('marketing_party', 'not in', self._unsubscribed_parties()),
-            ]
+        matching = Model.search([
+                self.pyson_domain,
+                ('marketing_party', 'not in', self._unsubscribed_parties()),
+                ], order=[], query=True)
+        where = Literal(True)
+        if not enrolled:
+            # An anti-join in the database: the hourly run offers no record
+            # already enrolled, so it draws no id for it and reads none
+            where &= ~Exists(record.select(Literal(1),
+                    where=(record.scenario == self.id)
+                    & (record.record == Concat(
+                            self.model + ',', Cast(matching.id, 'VARCHAR')))))
         last = 0
         while True:
             # Walk by ids to stream the candidates without materialising
-            cursor.execute(*Model.search(
-                    [domain, ('id', '>', last)],
-                    order=[('id', 'ASC')], limit=batch_size(), query=True))
+            cursor.execute(*matching.select(matching.id,
+                    where=where & (matching.id > last),
+                    order_by=[matching.id.asc], limit=batch_size()))
             ids = [i for i, in cursor]
             if not ids:
                 break

@@ -38,7 +38,7 @@ requires = [
     'genshi',
     'lxml',
     'python-dateutil',
-    'python-sql >= 1.3',
+    'python-sql >= 1.8',
     ]
 for dep in info.get('depends', []):
     if not re.match(r'(ir|res)(\W|$)', dep):
@@ -71,7 +71,8 @@ setup(name='%s_%s' % (PREFIX, MODULE),
     package_data={
         'trytond.modules.%s' % MODULE: (info.get('xml', [])
             + ['tryton.cfg', 'view/*.xml', 'locale/*.po', 'tests/*.rst',
-                'tests/tryton.cfg',
+                'tests/tryton.cfg', 'tests/fixtures/upstream-8.0/*.md',
+                'tests/fixtures/upstream-8.0/*/*',
                 '*.html']),
         },
     classifiers=[
@@ -85,6 +86,8 @@ setup(name='%s_%s' % (PREFIX, MODULE),
     extras_require={
         'sale': ['%s_sale %s' % (PREFIX, trytond_range)],
         'web_shortener': ['%s_web_shortener %s' % (PREFIX, trytond_range)],
+        # The delivery and abuse reports come in through inbound_email
+        'feedback': ['%s_inbound_email %s' % (PREFIX, trytond_range)],
         'test': tests_require,
         },
     zip_safe=False,

@@ -14,6 +14,7 @@ import unittest
 from email.utils import parseaddr
 
 import trytond.config as config
+from trytond import backend
 from trytond.modules.marketing_automation.email_ import unsubscribe_url
 from trytond.pool import Pool
 from trytond.pyson import Eval, Greater, PYSONEncoder
@@ -74,6 +75,18 @@ def record_activities_of(scenario, **domain):
     clause = [('record.scenario', '=', scenario.id)]
     clause.extend((k, '=', v) for k, v in domain.items())
     return RecordActivity.search(clause, order=[('id', 'ASC')])
+
+
+def last_record_id():
+    "Return the last id drawn for an enrolled record, used or not"
+    cursor = Transaction().connection.cursor()
+    if backend.name == 'postgresql':
+        cursor.execute('SELECT CASE WHEN is_called THEN last_value ELSE 0 END '
+            'FROM marketing_automation_record_id_seq')
+    else:
+        cursor.execute('SELECT seq FROM sqlite_sequence '
+            "WHERE name = 'marketing_automation_record'")
+    return cursor.fetchone()[0]
 
 
 def forget_records():
@@ -392,6 +405,27 @@ class EngineTestCase(DatabaseTestCase):
         self.assertEqual(
             Record.search_count([('scenario', '=', scenario.id)]), 8)
         self.assertEqual(len(record_activities_of(scenario)), 8)
+
+    @with_transaction()
+    def test_trigger_nothing_new_draws_no_id(self):
+        """A trigger run with nothing new to enrol draws no id: the hourly
+        task would otherwise exhaust the ids of the records"""
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Record = pool.get('marketing.automation.record')
+        create_parties('TN', 5)
+        scenario = create_scenario('TN', [email_activity()])
+        Scenario.trigger([scenario])
+        drawn = last_record_id()
+        Scenario.trigger([scenario])
+        Scenario.trigger([scenario])
+        self.assertEqual(last_record_id(), drawn)
+
+        create_parties('TN', 1, start=5)
+        Scenario.trigger([scenario])
+        self.assertEqual(last_record_id(), drawn + 1)
+        self.assertEqual(
+            Record.search_count([('scenario', '=', scenario.id)]), 6)
 
     @with_transaction()
     def test_trigger_running_only(self):
