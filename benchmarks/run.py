@@ -48,7 +48,8 @@ OPEN = '{ms_per_event:.3f} ms/open, {statements_per_event:.2f} stmt/open'
 UNITS = {'floor': '{ms_per_email:.3f} ms/email', 'send': SEND,
     'process2': SEND, 'open_bulk': OPEN + ' (rolled back)',
     'enrol': '{ms_per_record:.4f} ms/record, {statements_per_batch:.2f} '
-    'stmt/batch', 'open_route': OPEN + ' (max {statements_max}), p99 '
+    'stmt/batch', 'enrol_again': '{seconds:.3f} s, {statements} stmt',
+    'open_route': OPEN + ' (max {statements_max}), p99 '
     '{latency_p99_ms:.2f} ms, click {click_statements} stmt'}
 STARTED = time.time()
 
@@ -341,6 +342,12 @@ def targets(result):
         check(growth[1] <= max(2 * growth[0], growth[0] + 10),
             'enrolment: peak RSS growth %.1f MB at N=%s vs %.1f MB at N=%s, '
             'target flat', growth[1], large, growth[0], small)
+    agains = {s: m['steps']['enrol_again']['statements']
+        for s, m in every.items() if 'enrol_again' in m['steps']}
+    if len(agains) >= 2:
+        check(len(set(agains.values())) == 1, 'enrolment again with nothing '
+            'new: %s statements at N=%s, target the same at every size',
+            list(agains.values()), list(agains))
     large = max((s for s in every if s >= 100000), default=None)
     if result['backend'] == 'postgresql' and large:
         trigger = every[large]['steps']['enrol']['seconds']

@@ -258,6 +258,10 @@ def module(options):
     steps['enrol'] = enrol.result(records=size, ms_per_record=enrol.ms(size),
         statements_per_batch=round(
             enrol.statements / math.ceil(size / batch), 2))
+    # The hourly run again, with nothing new to enrol: it must draw no id
+    # and cost the same few statements whatever the size
+    again = committed(Scenario.trigger)
+    steps['enrol_again'] = again.result(records=size)
     if mode == 'enrol':
         with transaction():
             result['insert_select'] = insert_select(options['backend'], root)

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
-"""Run the test suite on SQLite, and on PostgreSQL when it answers
+"""Run the test suite on SQLite, and on PostgreSQL when it answers, both at
+once unless --serial is given
 
-After each suite it checks that no process that the suite started is left
-running: those are printed, killed and counted as a failure.
+The suite alone runs with "python -m unittest discover -s tests" on SQLite;
+this runner adds the second backend and, at the end, checks that no process
+that the suites started is left running: those are printed, killed and
+counted as a failure.
 It ends with one line: "N passed, M failed"."""
 import argparse
 import ctypes
@@ -158,33 +161,42 @@ def left_running(name):
     return len(pids)
 
 
-def run_backend(name, uri, pattern):
+def start_backend(name, uri, pattern):
+    "Start the suite on one backend in a process of its own"
     env = dict(os.environ)
     env['TRYTOND_DATABASE__URI'] = uri
     env.pop('DB_NAME', None)
-    cache = tempfile.mkdtemp(prefix='ma-db-cache-')
     if name == 'postgresql':
         env['DB_NAME'] = 'test_marketing_automation_%s' % os.getpid()
         env['DB_CACHE'] = uri.rstrip('/')
     else:
-        env['DB_CACHE'] = cache
+        env['DB_CACHE'] = tempfile.mkdtemp(prefix='ma-db-cache-')
     command = [sys.executable, '-P', __file__, '--in-process']
     if pattern:
         command += ['-k', pattern]
     print('=== %s: %s' % (name, uri), flush=True)
-    process = subprocess.run(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    # Its output goes to a file: a pipe that nobody reads while the other
+    # backend runs would fill up and block it
+    output = tempfile.TemporaryFile('w+')
+    process = subprocess.Popen(
+        command, env=env, stdout=output, stderr=subprocess.STDOUT,
         text=True)
+    return name, process, output
+
+
+def finish_backend(name, process, output):
+    "Wait for the suite of one backend, print its output and its counts"
+    process.wait()
+    output.seek(0)
     counts = {'passed': 0, 'failed': 1, 'skipped': 0}
-    for line in process.stdout.splitlines():
+    for line in output:
         if line.startswith('@@counts '):
             counts = json.loads(line[len('@@counts '):])
         else:
-            print(line)
+            print(line, end='')
+    output.close()
     if process.returncode and not counts['failed']:
         counts['failed'] = 1
-    if left_running(name):
-        counts['failed'] += 1
     print('=== %s: %s passed, %s failed, %s skipped' % (
             name, counts['passed'], counts['failed'], counts['skipped']),
         flush=True)
@@ -197,6 +209,8 @@ def main():
     parser.add_argument('-k', dest='pattern')
     parser.add_argument(
         '--backend', choices=['sqlite', 'postgresql'], action='append')
+    parser.add_argument('--serial', action='store_true',
+        help="run the backends one after the other")
     args = parser.parse_args()
     if args.in_process:
         run_suite(args.pattern)
@@ -207,25 +221,41 @@ def main():
         print('=== cannot check for processes left running: '
             'no PR_SET_CHILD_SUBREAPER')
     totals = {'passed': 0, 'failed': 0, 'skipped': 0}
-    ran = []
-    for backend in backends:
-        if backend == 'sqlite':
-            counts = run_backend('sqlite', 'sqlite://', args.pattern)
-        elif postgresql_answers():
+    started = []
+    if 'postgresql' in backends:
+        if postgresql_answers():
             drop_postgresql_caches()
-            try:
-                counts = run_backend('postgresql', POSTGRESQL, args.pattern)
-            finally:
-                drop_postgresql_caches()
+            started.append(start_backend(
+                    'postgresql', POSTGRESQL, args.pattern))
         else:
             print('=== postgresql: not reachable at %s, not run' % POSTGRESQL)
-            continue
-        ran.append(backend)
-        for key in totals:
-            totals[key] += counts[key]
-    print('Backends run: %s' % ', '.join(ran))
+    ran = []
+    if 'sqlite' in backends:
+        if args.serial:
+            ran += finish(started, totals)
+        # Otherwise the backends run at once: much of each suite waits on
+        # processes and sockets rather than on the processor
+        started.append(start_backend('sqlite', 'sqlite://', args.pattern))
+    ran += finish(started, totals)
+    if 'postgresql' in ran:
+        drop_postgresql_caches()
+    if left_running('suite'):
+        totals['failed'] += 1
+    print('Backends run: %s' % ', '.join(sorted(ran)))
     print('%s passed, %s failed' % (totals['passed'], totals['failed']))
     return 1 if totals['failed'] or not totals['passed'] else 0
+
+
+def finish(started, totals):
+    "Finish the suites started, add their counts to totals; return their names"
+    ran = []
+    while started:
+        name, process, output = started.pop(0)
+        counts = finish_backend(name, process, output)
+        ran.append(name)
+        for key in totals:
+            totals[key] += counts[key]
+    return ran
 
 
 if __name__ == '__main__':

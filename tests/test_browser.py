@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 from . import sao
 from .tools import (
-    SMTPServer, free_port, links, logging_config, run_process, start_process,
-    stop_process)
+    AdminDatabases, SMTPServer, free_port, links, logging_config,
+    start_process, stop_process)
 
 BIN = os.path.dirname(sys.executable)
 BACKEND = urlsplit(os.environ.get(
@@ -44,14 +44,6 @@ from = marketing@example.com
 [marketing]
 automation_base = {base}
 """
-
-
-def environ(**values):
-    "The environment of trytond: only its configuration file counts"
-    env = {k: v for k, v in os.environ.items()
-        if not k.startswith('TRYTOND_') and k not in {'DB_NAME', 'DB_CACHE'}}
-    env.update(values)
-    return env
 
 
 def remove_database(path):
@@ -95,23 +87,11 @@ class BrowserTestCase(unittest.TestCase):
                     directory=self.directory, netloc=urlsplit(self.url).netloc,
                     sao=self.sao, smtp=self.smtp.uri,
                     base=self.url.rstrip('/')))
-        passfile = os.path.join(self.directory, 'admin.pass')
-        with open(passfile, 'w') as file:
-            file.write('admin\n')
         logconf = logging_config(self.directory)
-        database = os.path.join(self.directory, DATABASE + '.sqlite')
-        self.addCleanup(remove_database, database)
-        # trytond-admin creates the tables only in an existing file
-        open(database, 'wb').close()
-        env = environ(TRYTONPASSFILE=passfile, TRYTOND_DATABASE_NAMES=DATABASE)
-        process = run_process([
-                os.path.join(BIN, 'trytond-admin'), '-c', conf,
-                '-d', DATABASE, '--all', '-u', 'marketing_automation',
-                '--activate-dependencies', '--email', 'admin@example.com',
-                '--logconf', logconf],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, timeout=600)
-        self.assertEqual(process.returncode, 0, process.stdout[-3000:])
+        AdminDatabases.create(DATABASE, self.directory)
+        self.addCleanup(remove_database,
+            os.path.join(self.directory, DATABASE + '.sqlite'))
+        env = AdminDatabases.environ(TRYTOND_DATABASE_NAMES=DATABASE)
         log = open(os.path.join(self.directory, 'trytond.log'), 'wb')
         self.addCleanup(log.close)
         server = start_process([

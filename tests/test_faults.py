@@ -36,7 +36,8 @@ from email.utils import parseaddr
 from urllib.parse import urlsplit
 
 from .tools import (
-    DROP, SMTPServer, logging_config, run_process, start_process, stop_process)
+    DROP, AdminDatabases, SMTPServer, logging_config, run_process,
+    start_process, stop_process)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 HELPER = os.path.join(HERE, 'faults', 'helper.py')
@@ -109,51 +110,13 @@ class FaultTestCase(unittest.TestCase):
     def setUpClass(cls):
         cls.directory = tempfile.mkdtemp(prefix='ma-faults-')
         cls.databases = []
-        cls.password = os.path.join(cls.directory, 'password')
-        with open(cls.password, 'w') as file:
-            file.write('admin\n')
-        cls.template = 'ma_fault_tpl_%s' % os.getpid()
-        if BACKEND == 'postgresql':
-            cls._pg_execute('CREATE DATABASE "%s"' % cls.template)
-            cls.databases.append(cls.template)
-        else:
-            open(cls._sqlite_path(cls.template), 'w').close()
         cls.logconf = logging_config(cls.directory)
-        conf = cls._write_conf('admin')
-        process = run_process([
-                os.path.join(BIN, 'trytond-admin'), '-c', conf,
-                '-d', cls.template, '--all', '-u', 'marketing_automation',
-                '--activate-dependencies', '--email', 'admin@example.com',
-                '--logconf', cls.logconf],
-            env=dict(_environ(), TRYTONPASSFILE=cls.password),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            timeout=600)
-        if process.returncode:
-            raise RuntimeError(
-                'trytond-admin failed:\n' + process.stdout[-3000:])
 
     @classmethod
     def tearDownClass(cls):
-        if BACKEND == 'postgresql':
-            for name in reversed(cls.databases):
-                try:
-                    cls._pg_execute(
-                        'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
-                except Exception:
-                    pass
+        for name in reversed(cls.databases):
+            AdminDatabases.drop(name, cls.directory)
         shutil.rmtree(cls.directory, ignore_errors=True)
-
-    @classmethod
-    def _pg_execute(cls, query):
-        import psycopg
-        with psycopg.connect(
-                DATABASE_URI.rstrip('/') + '/postgres',
-                autocommit=True) as connection:
-            connection.execute(query)
-
-    @classmethod
-    def _sqlite_path(cls, name):
-        return os.path.join(cls.directory, name + '.sqlite')
 
     @classmethod
     def _write_conf(cls, name, smtp_port=None, **marketing):
@@ -177,14 +140,9 @@ class FaultTestCase(unittest.TestCase):
         return path
 
     def _database(self):
-        "Create a fresh database from the template"
+        "Create a fresh database as trytond-admin makes it"
         name = 'ma_fault_%s_%s' % (os.getpid(), len(self.databases))
-        if BACKEND == 'postgresql':
-            self._pg_execute('CREATE DATABASE "%s" TEMPLATE "%s"' % (
-                    name, self.template))
-        else:
-            shutil.copyfile(
-                self._sqlite_path(self.template), self._sqlite_path(name))
+        AdminDatabases.create(name, self.directory)
         self.databases.append(name)
         return name
 

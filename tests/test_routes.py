@@ -39,7 +39,7 @@ from trytond.tests.test_tryton import DB_NAME
 from trytond.transaction import Transaction
 
 from .tools import (
-    BROWSER, DatabaseTestCase, follow, free_port, open_images,
+    BROWSER, AdminDatabases, DatabaseTestCase, follow, free_port, open_images,
     restore_configuration, start_process, start_smtp_server, stop_process,
     tracked, unsubscribe_links)
 
@@ -853,42 +853,9 @@ class StormTestCase(unittest.TestCase):
                         'clean_timeout = 0',
                         '',
                         ]))
-        passfile = os.path.join(self.directory, 'admin.pass')
-        with open(passfile, 'w') as fp:
-            fp.write('admin\n')
-        self.env = {k: v for k, v in os.environ.items()
-            if not k.startswith('TRYTOND_') and k != 'DB_NAME'}
-        self.env['TRYTONPASSFILE'] = passfile
-        self.create_database()
-
-    def create_database(self):
-        if self.backend == 'postgresql':
-            import psycopg
-            with psycopg.connect(
-                    self.uri.rstrip('/') + '/postgres',
-                    autocommit=True) as connection:
-                connection.execute(
-                    'DROP DATABASE IF EXISTS "%s"' % self.database)
-                connection.execute('CREATE DATABASE "%s"' % self.database)
-            self.addCleanup(self.drop_database)
-        else:
-            # trytond-admin creates the tables only in an existing file
-            open(os.path.join(
-                    self.directory, self.database + '.sqlite'), 'wb').close()
-        subprocess.run([
-                executable('trytond-admin'), '-c', self.config_file,
-                '-d', self.database, '--all', '-u', MODULE,
-                '--activate-dependencies', '--email', 'admin@example.com'],
-            env=self.env, check=True, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, timeout=300)
-
-    def drop_database(self):
-        import psycopg
-        with psycopg.connect(
-                self.uri.rstrip('/') + '/postgres',
-                autocommit=True) as connection:
-            connection.execute(
-                'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % self.database)
+        self.env = AdminDatabases.environ()
+        AdminDatabases.create(self.database, self.directory)
+        self.addCleanup(AdminDatabases.drop, self.database, self.directory)
 
     def connect(self):
         "Return a DB-API connection to the storm database"

@@ -84,7 +84,8 @@ def check(language, strings):
 
 class TranslationTestCase(DatabaseTestCase):
     "Translations"
-    modules = ['marketing_automation', 'sale', 'inbound_email']
+    # As the module test, whose activated database it shares
+    modules = ['marketing_automation', 'inbound_email', 'sale']
 
     @with_transaction()
     def test_every_language(self):

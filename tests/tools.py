@@ -7,6 +7,7 @@ statements, the logging of trytond processes and the processes themselves.
 Nothing here is a mock: the emails travel over SMTP on the loopback and the
 links are followed through the routes that trytond serves."""
 import asyncio
+import atexit
 import collections
 import contextlib
 import datetime as dt
@@ -14,9 +15,12 @@ import email
 import email.policy
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import unittest
 from unittest.mock import patch
@@ -37,7 +41,7 @@ __all__ = [
     'restore_configuration', 'follow', 'links', 'html_part', 'text_part',
     'tracked', 'open_images', 'unsubscribe_links', 'DROP', 'smtp_server',
     'StatementCounter', 'create_parties', 'logging_config', 'start_process',
-    'stop_process', 'run_process', 'free_port']
+    'stop_process', 'run_process', 'free_port', 'AdminDatabases']
 
 AUTOMATION_BASE = 'http://example.com'
 EMAIL_FROM = 'marketing@example.com'
@@ -570,6 +574,106 @@ def run_process(command, timeout=None, **kwargs):
         stop_process(process)
     return subprocess.CompletedProcess(
         command, process.returncode, stdout, stderr)
+
+
+class AdminDatabases:
+    """Databases as trytond-admin --all makes them for a site, with the
+    module activated and the password of admin "admin", for the tests that
+    run trytond's own programs
+
+    trytond-admin runs once per process, into a template, and each database
+    is a copy of it: a file copy on SQLite, CREATE DATABASE ... TEMPLATE on
+    PostgreSQL."""
+    _template = None
+
+    def __init__(self):
+        raise TypeError("not to be instantiated")
+
+    @staticmethod
+    def uri():
+        return os.environ.get('TRYTOND_DATABASE__URI') or 'sqlite://'
+
+    @classmethod
+    def backend(cls):
+        return urlsplit(cls.uri()).scheme.split('+')[0] or 'sqlite'
+
+    @staticmethod
+    def environ(**values):
+        "The environment of trytond's programs: only their config counts"
+        environ = {k: v for k, v in os.environ.items()
+            if not k.startswith('TRYTOND_')
+            and k not in {'DB_NAME', 'DB_CACHE'}}
+        environ.update(values)
+        return environ
+
+    @classmethod
+    def _execute(cls, query):
+        import psycopg
+        with psycopg.connect(cls.uri().rstrip('/') + '/postgres',
+                autocommit=True) as connection:
+            connection.execute(query)
+
+    @classmethod
+    def _make_template(cls):
+        directory = tempfile.mkdtemp(prefix='ma-admin-')
+        name = 'ma_admin_tpl_%s' % os.getpid()
+        password = os.path.join(directory, 'password')
+        with open(password, 'w') as file:
+            file.write('admin\n')
+        conf = os.path.join(directory, 'trytond.conf')
+        with open(conf, 'w') as file:
+            file.write('[database]\nuri = %s\npath = %s\n' % (
+                    cls.uri(), directory))
+        if cls.backend() == 'postgresql':
+            cls._execute('DROP DATABASE IF EXISTS "%s"' % name)
+            cls._execute('CREATE DATABASE "%s"' % name)
+            atexit.register(cls._drop, name)
+        else:
+            # trytond-admin creates the tables only in an existing file
+            open(os.path.join(directory, name + '.sqlite'), 'w').close()
+        atexit.register(shutil.rmtree, directory, True)
+        process = run_process([
+                os.path.join(os.path.dirname(sys.executable), 'trytond-admin'),
+                '-c', conf, '-d', name, '--all',
+                '-u', 'marketing_automation', '--activate-dependencies',
+                '--email', 'admin@example.com'],
+            env=cls.environ(TRYTONPASSFILE=password),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            timeout=600)
+        if process.returncode:
+            raise RuntimeError(
+                'trytond-admin failed:\n' + process.stdout[-3000:])
+        cls._template = directory, name
+
+    @classmethod
+    def create(cls, name, directory):
+        """Create the database name, a copy of the template; on SQLite
+        its file is in directory"""
+        if cls._template is None:
+            cls._make_template()
+        template_directory, template = cls._template
+        if cls.backend() == 'postgresql':
+            cls._execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
+            cls._execute(
+                'CREATE DATABASE "%s" TEMPLATE "%s"' % (name, template))
+        else:
+            shutil.copyfile(
+                os.path.join(template_directory, template + '.sqlite'),
+                os.path.join(directory, name + '.sqlite'))
+        return name
+
+    @classmethod
+    def drop(cls, name, directory):
+        if cls.backend() == 'postgresql':
+            cls._drop(name)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(directory, name + '.sqlite'))
+
+    @classmethod
+    def _drop(cls, name):
+        with contextlib.suppress(Exception):
+            cls._execute('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
 
 
 class DatabaseTestCase(unittest.TestCase):
