@@ -400,13 +400,17 @@ def _send(emails):
     outbox unsent are given back. Each change of the outbox is committed
     before the pace is updated, which commits on its own."""
     transaction = Transaction()
+    slots, first = pacing.reserve(len(emails)), 0
+    if slots is None:
+        _release([e for e, _, _ in emails])
+        transaction.commit()
+        return 0, False
     # Sent well before another run may take the claim back
     deadline = time.time() + claim_timeout().total_seconds() / 2
     connection = pacing.Connection(_connect)
     sent, delivered, go_on = 0, [], True
-    slots, first = None, 0
     for index, (email_id, message, attempts) in enumerate(emails):
-        if slots is None or index - first >= len(slots):
+        if index - first >= len(slots):
             slots, first = pacing.reserve(len(emails) - index), index
             if slots is None:
                 _release([e for e, _, _ in emails[index:]])
