@@ -393,9 +393,14 @@ def _send(emails):
     after each one
 
     Return the number sent and whether the run may go on: not when the
-    server cannot be reached, hangs or asks to slow down for good."""
+    server cannot be reached, hangs or asks to slow down for good.
+
+    The send times are reserved for the whole claim at the rate, or one
+    by one during a back-off; those of the emails that go back to the
+    outbox unsent are given back. Each change of the outbox is committed
+    before the pace is updated, which commits on its own."""
     transaction = Transaction()
-    slots = pacing.reserve(len(emails))
+    slots, first = pacing.reserve(len(emails)), 0
     if slots is None:
         _release([e for e, _, _ in emails])
         transaction.commit()
@@ -405,11 +410,21 @@ def _send(emails):
     connection = pacing.Connection(_connect)
     sent, delivered, go_on = 0, [], True
     for index, (email_id, message, attempts) in enumerate(emails):
-        if slots[index] > deadline:
+        if index - first >= len(slots):
+            slots, first = pacing.reserve(len(emails) - index), index
+            if slots is None:
+                _release([e for e, _, _ in emails[index:]])
+                transaction.commit()
+                go_on = False
+                break
+        slot = index - first
+        if slots[slot] > deadline:
             _release([e for e, _, _ in emails[index:]])
+            transaction.commit()
+            pacing.give_back(slots, slot)
             go_on = False
             break
-        pacing.wait_until(slots[index])
+        pacing.wait_until(slots[slot])
         outcome, detail = _send_one(connection, email_id, message, attempts)
         if outcome == 'sent':
             sent += 1
@@ -424,9 +439,14 @@ def _send(emails):
             _release([e for e, _, _ in emails[index + 1:]])
             go_on = False
         transaction.commit()
+        if outcome == 'sent':
+            # During a back-off, the server accepting speeds it up
+            pacing.accepted(slots, slot)
+        elif not go_on:
+            pacing.give_back(slots, slot + 1)
         if outcome == 'throttled':
-            # The next claim goes at the slower pace
-            go_on = pacing.slow_down()
+            # The next emails go at the slower pace
+            go_on = pacing.slow_down(slots.step)
             break
         if not go_on:
             break

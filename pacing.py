@@ -7,7 +7,9 @@ The next free send time is kept in one row of the database. A sender
 reserves the send times of its claim in one UPDATE that it commits at once,
 then sends each email at its time: so the rate holds across all the
 processes and workers, not for each one alone. A server that answers 421 or
-454 slows every sender down for a while through the same row."""
+454 slows every sender down through the same row; the emails it accepts
+then speed them up again, and the send times of the emails released unsent
+are given back, so that no back-off outlasts its cause."""
 import logging
 import smtplib
 import time
@@ -27,7 +29,10 @@ TABLE = 'marketing_automation_pacing'
 # The SMTP answers of a server that asks to slow down
 THROTTLING = {421, 454}
 # The spacing of a back-off, in seconds, doubled at each throttling answer
+# and halved at each accepted email; it ends below MIN_BACKOFF
 MIN_BACKOFF, MAX_BACKOFF = 0.1, 10.0
+# How long a back-off lasts after the last throttling answer, without any
+# accepted email
 BACKOFF_SPAN = 60
 # The reservations of concurrent senders conflict on PostgreSQL
 TRIES = 20
@@ -107,6 +112,11 @@ def register():
                 [[1, 0., 0., 0.]]))
 
 
+def _backing_off(table, now):
+    "Whether a back-off slower than the rate is in effect"
+    return (table.backoff_until > now) & (table.backoff > spacing())
+
+
 def _step(table, now):
     "The spacing in effect: the rate's, or the back-off's while it lasts"
     base = spacing()
@@ -115,59 +125,101 @@ def _step(table, now):
         else_=base)
 
 
-def _update(values):
+def _update(values, returning=None, where=None):
     """Update the row with values(table, now), {column name: expression},
-    and commit; return the next send time and the spacing as they are
-    then, or None when the concurrent updates kept it from it"""
+    where where(table) holds, and commit; return the next send time and
+    the spacing as they are then, followed by returning(table, now), a
+    list of expressions; or None when the row was not updated
+
+    It commits or rolls back the transaction: the caller commits its own
+    changes first."""
     table = Table(TABLE)
     transaction = Transaction()
+    condition = table.id == 1
+    if where is not None:
+        condition &= where(table)
     for _ in range(TRIES):
         now = time.time()
         columns = values(table, now)
         row = [table.next_send, _step(table, now)]
-        returning = transaction.database.has_returning()
+        if returning is not None:
+            row += returning(table, now)
+        has_returning = transaction.database.has_returning()
         cursor = transaction.connection.cursor()
         try:
             cursor.execute(*table.update(
                     [getattr(table, c) for c in columns],
                     list(columns.values()),
-                    where=table.id == 1,
-                    returning=row if returning else None))
-            if not returning:
+                    where=condition,
+                    returning=row if has_returning else None))
+            if has_returning:
+                row = cursor.fetchone()
+            elif cursor.rowcount:
                 # SQLite: the UPDATE holds the only write lock
                 cursor.execute(*table.select(*row, where=table.id == 1))
-            row = cursor.fetchone()
+                row = cursor.fetchone()
+            else:
+                row = None
             transaction.commit()
         except backend.DatabaseOperationalError:
             # Another sender updated the row since our snapshot
             transaction.rollback()
+            if where is not None:
+                # The row is no longer what the condition expects
+                return None
             continue
         return row
-    logger.warning("could not reserve send times: too many conflicts")
+    logger.warning("could not update the pace: too many conflicts")
 
 
 def reserve(count):
     """Reserve the send times of count emails for every process of the
-    database, and commit; return them as Slots, or None when it could not"""
+    database, and commit; return them as Slots, or None when it could not
+
+    While a back-off is in effect, only the time of the next email is
+    reserved: the spacing changes at the next answer of the server, and a
+    claim must not keep the slow spacing after the back-off has ended."""
+    def reserved(table, now):
+        return Case((_backing_off(table, now), 1), else_=count)
+
     def values(table, now):
         return {'next_send': Greatest(table.next_send, now)
-            + Mul(count, _step(table, now))}
-    row = _update(values)
+            + Mul(reserved(table, now), _step(table, now))}
+
+    row = _update(values, lambda t, n: [reserved(t, n)])
     if row is None:
         return None
-    next_send, step = row
-    return Slots(next_send - count * step, step)
+    end, step, reserved_ = row
+    return Slots(end - reserved_ * step, step, int(reserved_), end)
 
 
-def slow_down():
-    """Double the spacing of every sender for BACKOFF_SPAN seconds, and
-    commit; return whether it can be doubled again"""
+def give_back(slots, index):
+    """Give back the send times of slots from index on, and commit
+
+    The next send time moves back to that of slots[index] when no sender
+    reserved after slots: otherwise the times stay a gap in the pace."""
+    if index >= len(slots):
+        return
+    _update(lambda table, now: {'next_send': slots[index]},
+        where=lambda table: table.next_send == slots.end)
+
+
+def slow_down(step):
+    """Double the spacing of every sender for BACKOFF_SPAN seconds, from
+    step, the spacing of the email that the server refused, and commit;
+    return whether it can be doubled again
+
+    The refusals of emails sent at the same spacing double it once. The
+    next email goes no sooner than the new spacing."""
+    def backoff(table, now):
+        return Least(
+            Greatest(_step(table, now), 2 * step, MIN_BACKOFF), MAX_BACKOFF)
+
     def values(table, now):
         return {
-            'backoff': Least(
-                Greatest(Mul(2, _step(table, now)), MIN_BACKOFF),
-                MAX_BACKOFF),
+            'backoff': backoff(table, now),
             'backoff_until': now + BACKOFF_SPAN,
+            'next_send': Greatest(table.next_send, backoff(table, now) + now),
             }
     row = _update(values)
     if row is None:
@@ -176,6 +228,38 @@ def slow_down():
     logger.warning(
         "the SMTP server asks to slow down: %.3f s between emails", step)
     return step < MAX_BACKOFF
+
+
+def accepted(slots, index):
+    """Tell that the server accepted the email sent at slots[index]: when
+    it was sent during a back-off, halve the spacing, end the back-off
+    below MIN_BACKOFF, and commit
+
+    The time reserved after the email is shortened to the new spacing when
+    no sender reserved after slots. So the pace comes back to the rate
+    within a few emails once the server accepts again, instead of keeping
+    the back-off for BACKOFF_SPAN."""
+    if slots.step <= spacing():
+        return
+    base = spacing()
+
+    def values(table, now):
+        backing_off = _backing_off(table, now)
+        halved = table.backoff / 2
+        ended = backing_off & (halved < MIN_BACKOFF)
+        step = Case(
+            (ended, base),
+            (backing_off, Greatest(halved, base)),
+            else_=base)
+        return {
+            'backoff': Case((backing_off, halved), else_=table.backoff),
+            'backoff_until': Case((ended, 0.), else_=table.backoff_until),
+            'next_send': Case(
+                (table.next_send == slots.end,
+                    Least(table.next_send, step + slots[index])),
+                else_=table.next_send),
+            }
+    _update(values)
 
 
 def wait_until(moment):
@@ -189,11 +273,15 @@ def wait_until(moment):
 
 
 class Slots:
-    "The send times reserved for a claim"
-    __slots__ = ('start', 'step')
+    """The send times reserved for a claim: count of them from start, step
+    apart; end is the next send time that the reservation left"""
+    __slots__ = ('start', 'step', 'count', 'end')
 
-    def __init__(self, start, step):
-        self.start, self.step = start, step
+    def __init__(self, start, step, count, end):
+        self.start, self.step, self.count, self.end = start, step, count, end
+
+    def __len__(self):
+        return self.count
 
     def __getitem__(self, index):
         return self.start + index * self.step

@@ -15,6 +15,8 @@ import time
 import unittest
 from collections import Counter
 
+from aiosmtpd.smtp import SMTP
+
 from trytond.pool import Pool
 from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
@@ -22,11 +24,12 @@ from trytond.transaction import Transaction
 from .test_engine import SETTINGS, create_scenario, email_activity
 from .test_faults import BACKEND, FaultTestCase, FaultySMTPServer
 from .tools import (
-    DatabaseTestCase, SMTPServer, _Handler, create_parties, setting,
-    smtp_server)
+    DatabaseTestCase, SMTPServer, _Controller, _Handler, create_parties,
+    setting, smtp_server)
 
 # Longer than the timeout of the tests: the client hangs up first
 STALL = 5
+PACING = 'trytond.modules.marketing_automation.pacing'
 
 
 class _StallingHandler(_Handler):
@@ -248,7 +251,8 @@ class PacingOutboxTestCase(DatabaseTestCase):
     @with_transaction()
     def test_pacing_throttled(self):
         """421 and 454 slow every sender down: the email goes back to the
-        outbox and is sent, nothing fails, no address counts a refusal"""
+        outbox and is sent, nothing fails, no address counts a refusal;
+        once the server accepts again the back-off ends"""
         from ..pacing import TABLE
         pool = Pool()
         ContactMechanism = pool.get('party.contact_mechanism')
@@ -256,7 +260,8 @@ class PacingOutboxTestCase(DatabaseTestCase):
         server = ThrottlingServer(
             rcpt={addresses[3]: '421 4.7.0 Too many connections'},
             data={addresses[1]: '454 4.7.0 Slow down'})
-        deliver(server)
+        with self.assertLogs(PACING, 'WARNING') as logs:
+            deliver(server)
         self.assertEqual(server.rcpt, {})
         self.assertEqual(server.data, {})
         self.assertEqual(received(server), Counter(addresses))
@@ -266,12 +271,78 @@ class PacingOutboxTestCase(DatabaseTestCase):
             [('value', 'like', 'TT-%')])
         self.assertEqual(
             {m.marketing_soft_bounces or 0 for m in mechanisms}, {0})
+        # Each refusal came after an accepted email: slowed down from the
+        # rate to the shortest back-off, each time
+        self.assertEqual(
+            [r.getMessage() for r in logs.records], [
+                'the SMTP server asks to slow down: 0.100 s between emails',
+                ] * 2)
         cursor = Transaction().connection.cursor()
-        cursor.execute('SELECT backoff, backoff_until FROM "%s"' % TABLE)
-        backoff, until = cursor.fetchone()
-        # Doubled twice from the shortest back-off, for a while
-        self.assertAlmostEqual(backoff, 0.2)
-        self.assertGreater(until, time.time())
+        cursor.execute('SELECT backoff_until FROM "%s"' % TABLE)
+        until, = cursor.fetchone()
+        self.assertLessEqual(until, time.time())
+
+    @with_transaction()
+    def test_pacing_backoff_holds(self):
+        """While the server keeps refusing, the back-off doubles up to its
+        longest spacing and holds; a claim reserves one email at a time"""
+        from .. import pacing
+        with setting('marketing', 'automation_rate', '10'):
+            slots = pacing.reserve(5)
+            self.assertEqual((len(slots), slots.step), (5, 0.1))
+            steps = []
+            go_on = True
+            while go_on:
+                go_on = pacing.slow_down(slots.step)
+                slots = pacing.reserve(5)
+                self.assertEqual(len(slots), 1)
+                steps.append(slots.step)
+            self.assertEqual(
+                steps, [0.2, 0.4, 0.8, 1.6, 3.2, 6.4, pacing.MAX_BACKOFF])
+            # The refusal of an email sent faster before: the same slowing
+            self.assertFalse(pacing.slow_down(0.1))
+            later = pacing.reserve(5)
+            self.assertEqual(
+                (len(later), later.step), (1, pacing.MAX_BACKOFF))
+            self.assertAlmostEqual(later.start, slots.end)
+
+    @with_transaction()
+    def test_pacing_backoff_recovers(self):
+        """Each email that the server accepts during a back-off halves it
+        and shortens the time reserved after it; below the shortest
+        back-off, the claims are reserved whole at the rate again"""
+        from .. import pacing
+        step = 0.
+        for _ in range(3):
+            pacing.slow_down(step)
+            step = pacing.reserve(1).step
+        steps = []
+        slots = pacing.reserve(4)
+        while len(slots) == 1:
+            steps.append(slots.step)
+            pacing.accepted(slots, 0)
+            following = pacing.reserve(4)
+            self.assertAlmostEqual(
+                following.start, slots.start + following.step
+                if len(following) == 1 else slots.start)
+            slots = following
+        self.assertEqual(steps, [0.4, 0.2, 0.1])
+        self.assertEqual((len(slots), slots.step), (4, 0.))
+
+    @with_transaction()
+    def test_pacing_give_back(self):
+        """The send times of emails that go back to the outbox unsent are
+        given back, unless another sender reserved after them"""
+        from .. import pacing
+        with setting('marketing', 'automation_rate', '10'):
+            first = pacing.reserve(10)
+            pacing.give_back(first, 4)
+            second = pacing.reserve(2)
+            self.assertAlmostEqual(second.start, first[4])
+            third = pacing.reserve(1)
+            pacing.give_back(second, 0)
+            fourth = pacing.reserve(1)
+            self.assertAlmostEqual(fourth.start, third.end)
 
     @with_transaction()
     def test_pacing_messages_per_connection(self):
@@ -298,8 +369,70 @@ class TimedServer(FaultySMTPServer):
             self.times.append(time.monotonic())
 
 
-class PacingRateTestCase(FaultTestCase):
-    "The send rate holds for all the processes of the database together"
+class _GreetingSMTP(SMTP):
+    "Greet with the answer of the server, and hang up when it is not 220"
+
+    async def push(self, status):
+        if status.startswith('220 ') and not getattr(self, 'greeted', False):
+            self.greeted = True
+            answer = self.event_handler.server.greeting()
+            if answer:
+                await super().push(answer)
+                self.transport.close()
+                return
+        await super().push(status)
+
+
+class _GreetingController(_Controller):
+
+    def factory(self):
+        return _GreetingSMTP(self.handler, **self.SMTP_kwargs)
+
+
+class BusyServer(TimedServer):
+    """A mail server that greets with 421 for seconds from the first
+    connection of a client, then recovers; recovered is when, in
+    time.monotonic()"""
+
+    def __init__(self, seconds, **kwargs):
+        super().__init__(**kwargs)
+        self.seconds = seconds
+        self.recovered = None
+        self.refused = []
+
+    def greeting(self):
+        with self._lock:
+            now = time.monotonic()
+            if self.recovered is None:
+                self.recovered = now + self.seconds
+            busy = now < self.recovered
+            if busy:
+                self.refused.append(now)
+        if busy:
+            return '421 4.7.0 Too many connections, try again later'
+
+    def start(self):
+        # SMTPServer.start with a controller that greets as told
+        if self._controller is None:
+            if self._socket is None:
+                self._socket = self._bind(self.port)
+            controller = _GreetingController(
+                self.handler_class(self), self._socket)
+            self._socket = None
+            controller.start()
+            self._controller = controller
+            # The controller connects once to check that it serves
+            with self._lock:
+                self.recovered, self.refused = None, []
+        return self
+
+
+class PacingFaultTestCase(FaultTestCase):
+    """The send rate holds for all the processes of the database together,
+    and the backlog of a server that asked to slow down goes out at the
+    normal pace soon after it accepts again"""
+    # The most seconds the backlog may take once the server accepts again
+    DRAIN = 60
 
     @unittest.skipIf(BACKEND != 'postgresql',
         "concurrent workers need PostgreSQL: SQLite has one writer and no "
@@ -337,3 +470,55 @@ class PacingRateTestCase(FaultTestCase):
     def track(self, server):
         self.addCleanup(server.stop)
         return server
+
+    def drain(self, name, server, count, since, rate=10):
+        """Run the processing as trytond-cron would, again and again, until
+        the server got the count emails; print and check the seconds they
+        took from since, a time.monotonic() or a callable returning it"""
+        database = self._database()
+        conf = self._write_conf(database, server.port, automation_rate=rate)
+        self.helper(conf, database, 'setup', parties=count)
+        deadline = time.monotonic() + 600
+        runs = 0
+        while len(server.times) < count and time.monotonic() < deadline:
+            self.helper(conf, database, 'process')
+            runs += 1
+        stats = self.helper(conf, database, 'stats')
+        start = since() if callable(since) else since
+        drain = max(server.times) - start
+        print('pacing %s: %s emails out %.1f s after the server accepts '
+            'again, in %s runs' % (name, len(server.times), drain, runs),
+            file=sys.stderr, flush=True)
+        delivered, failed, _ = self.figures(name, stats, server)
+        self.assertEqual(len(delivered), count)
+        self.assertEqual(failed, set())
+        # Asking to slow down counts no attempt
+        self.assertEqual(
+            {e['attempts'] for e in self.outbox(stats)}, {1})
+        self.assertLess(drain, self.DRAIN)
+        return stats
+
+    def test_pacing_fault_busy_greeting(self):
+        """A server greets with 421 for a while, then recovers: the
+        backlog goes out at the normal pace within a minute"""
+        server = self.track(BusyServer(50).start())
+        self.drain('busy_greeting', server, 30, lambda: server.recovered)
+        print('pacing busy_greeting: 421 at %s s' % ', '.join(
+                '%.1f' % (t - server.refused[0]) for t in server.refused),
+            file=sys.stderr, flush=True)
+        self.assertGreater(len(server.refused), 1)
+
+    def test_pacing_fault_454_every_other(self):
+        """A server answers 454 to every other message: the back-off does
+        not grow with each refusal, the emails go out within a minute"""
+        start = []
+
+        def data(to, total):
+            if not start:
+                start.append(time.monotonic())
+            if total % 2:
+                return '454 4.7.0 Slow down'
+
+        server = self.track(TimedServer(data=data).start())
+        self.drain('454_every_other', server, 30, lambda: start[0])
+        self.assertEqual(len(server.faulted), 30)
