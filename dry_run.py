@@ -9,10 +9,12 @@ import datetime as dt
 
 from trytond.model import ModelView, fields
 from trytond.pool import Pool
+from trytond.transaction import Transaction
 from trytond.wizard import Button, StateView, Wizard
 
 from . import sandbox
 from .marketing_automation import current_time
+from .mixin import by_company, company_context
 from .preview import record_models, sample
 
 
@@ -24,12 +26,19 @@ def counts(scenario):
     Record = pool.get('marketing.automation.record')
     Model = pool.get(scenario.model)
     count, kept = 0, dict.fromkeys(scenario.activities, 0)
-    for ids in scenario.candidates():
-        enrolled = Record.enrolled(scenario, ids)
-        records = Model.browse([i for i in ids if i not in enrolled])
-        count += len(records)
-        for activity in kept:
-            kept[activity] += sum(1 for r in records if holds(activity, r))
+    # The records of every company, whichever the user works in, each one
+    # checked in its company
+    with Transaction().set_context(company=None):
+        for ids in scenario.candidates():
+            enrolled = Record.enrolled(scenario, ids)
+            ids = [i for i in ids if i not in enrolled]
+            count += len(ids)
+            for company, company_ids in by_company(Model, ids).items():
+                with Transaction().set_context(company_context(company)):
+                    records = Model.browse(company_ids)
+                    for activity in kept:
+                        kept[activity] += sum(
+                            1 for r in records if holds(activity, r))
     return count, kept
 
 

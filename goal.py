@@ -13,6 +13,7 @@ from trytond.transaction import Transaction
 from .batch import batch_size
 from .exceptions import GoalError
 from .marketing_automation import current_time
+from .mixin import by_company, company_context
 from .states import forget
 
 
@@ -74,10 +75,14 @@ class Scenario(metaclass=PoolMeta):
             by_resource = {
                 int(r[len(prefix):]): i for i, r in rows
                 if r and r.startswith(prefix)}
-            met = Model.search([
-                    goal, ('id', 'in', sorted(by_resource)),
-                    ], order=[])
-            converted = [by_resource[m.id] for m in met]
+            converted = []
+            # The goal is met in the company of each record
+            for company, ids in by_company(Model, by_resource).items():
+                with Transaction().set_context(company_context(company)):
+                    met = Model.search([
+                            goal, ('id', 'in', sorted(ids)),
+                            ], order=[])
+                converted.extend(by_resource[m.id] for m in met)
             Record.convert(converted)
             count += len(converted)
         return count

@@ -19,7 +19,7 @@ from trytond.transaction import Transaction
 
 from .batch import batch_size, sliced
 from .exceptions import DomainError
-from .mixin import MarketingAutomationMixin
+from .mixin import MarketingAutomationMixin, has_company
 from .statistics import ScenarioStatistics
 
 logger = logging.getLogger(__name__)
@@ -311,7 +311,10 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
 
     @classmethod
     def trigger(cls, scenarios=None):
-        "Enrol the new matching records of the running scenarios"
+        """Enrol the new matching records of the running scenarios
+
+        With a company in the context, as in a run of a cron per company,
+        only the records of that company for a model that has one."""
         if scenarios is None:
             scenarios = cls.search([('state', '=', 'running')])
         cursor = Transaction().connection.cursor()
@@ -356,10 +359,16 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
         Record = pool.get('marketing.automation.record')
         record = Record.__table__()
         cursor = Transaction().connection.cursor()
-        matching = Model.search([
-                self.pyson_domain,
-                ('marketing_party', 'not in', self._unsubscribed_parties()),
-                ], order=[], query=True)
+        domain = [
+            self.pyson_domain,
+            ('marketing_party', 'not in', self._unsubscribed_parties()),
+            ]
+        company = Transaction().context.get('company')
+        if company and has_company(Model):
+            # A cron with companies runs once for each: each run enrols the
+            # records of its company
+            domain.append(('company', '=', company))
+        matching = Model.search(domain, order=[], query=True)
         where = Literal(True)
         if not enrolled:
             # An anti-join in the database: the hourly run offers no record

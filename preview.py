@@ -15,10 +15,12 @@ from trytond.i18n import gettext
 from trytond.model import ModelView, fields
 from trytond.pool import Pool
 from trytond.pyson import Bool, Eval
+from trytond.transaction import Transaction
 from trytond.wizard import Button, StateTransition, StateView, Wizard
 
 from . import bounce, email_
 from .exceptions import TestAddressError
+from .mixin import company_context, company_of, in_company
 
 TEST_PREFIX = '[TEST] '
 # The unsubscribe links of a preview or a test lead to no record
@@ -48,6 +50,12 @@ def render(activity, resource, to=None, prefix=''):
     prefix before its subject
 
     Raise an exception that says why it cannot be rendered."""
+    # As a real send: in the company of the record, whoever previews
+    with Transaction().set_context(company_context(company_of(resource))):
+        return _render(activity, in_company(resource), to, prefix)
+
+
+def _render(activity, resource, to, prefix):
     party = resource.marketing_party
     if party is None:
         raise ValueError(gettext(

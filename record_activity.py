@@ -16,6 +16,7 @@ from . import deferral, tree
 from .batch import batch_size, sliced
 from .events import EmailEvents
 from .marketing_automation import current_time
+from .mixin import companies, company_context
 from .outbox import EmailDelivery
 from .states import Transitions
 
@@ -156,7 +157,10 @@ class RecordActivity(
 
     @classmethod
     def process(cls):
-        "Run the due record activities by batches, then send their emails"
+        """Run the due record activities by batches, then send their emails
+
+        All are due whatever the company of the context: each one is run in
+        the company of its record."""
         pool = Pool()
         Email = pool.get('ir.email')
         Scenario = pool.get('marketing.automation.scenario')
@@ -218,24 +222,33 @@ class RecordActivity(
     def run(cls, record_activities):
         """Run the due record activities, each one isolated from the others,
         and move the tree on"""
+        transaction = Transaction()
         now = current_time()
         record_activities = _lock_waiting(cls, record_activities)
         by_activity = defaultdict(list)
-        for record_activity in record_activities:
-            by_activity[record_activity.activity].append(record_activity)
+        for record_activity, company in _companies(record_activities).items():
+            by_activity[record_activity.activity, company].append(
+                record_activity)
 
         done, cancelled, failed = [], [], defaultdict(list)
         deferred = {}
-        for activity, activities in by_activity.items():
-            due, errors = activity.filter_due(activities)
-            # Sets: a batch is hundreds of record activities
-            kept = set(due) | set(errors)
-            cancelled.extend(ra for ra in activities if ra not in kept)
-            due, waits = deferral.defer(activity, due, now)
-            deferred.update(waits)
-            if due and activity.action:
-                errors.update(getattr(
-                        activity, 'execute_' + activity.action)(due) or {})
+        for (activity, company), activities in by_activity.items():
+            # Each record is read, checked and rendered in its company,
+            # whatever the company of the run
+            with transaction.set_context(company_context(company)):
+                if company is not None:
+                    activities = cls.browse([ra.id for ra in activities])
+                    activity = activities[0].activity
+                due, errors = activity.filter_due(activities)
+                # Sets: a batch is hundreds of record activities
+                kept = set(due) | set(errors)
+                cancelled.extend(ra for ra in activities if ra not in kept)
+                due, waits = deferral.defer(activity, due, now)
+                deferred.update(waits)
+                if due and activity.action:
+                    errors.update(getattr(
+                            activity, 'execute_' + activity.action)(due)
+                        or {})
             done.extend(ra for ra in due if ra not in errors)
             for record_activity, error in errors.items():
                 failed[error].append(record_activity)
@@ -247,6 +260,26 @@ class RecordActivity(
             cls.fail(activities, error, at=now)
         tree.schedule_children(done, now)
         tree.cancel_siblings(done)
+
+
+def _companies(record_activities):
+    """Return the company of the record of each record activity, None for
+    a model without company, with one query by model"""
+    pool = Pool()
+    by_model = defaultdict(set)
+    for record_activity in record_activities:
+        resource = record_activity.record.record
+        if resource is not None and resource.id is not None:
+            by_model[resource.__name__].add(resource.id)
+    of = {model: companies(pool.get(model), ids)
+        for model, ids in by_model.items()}
+    result = {}
+    for record_activity in record_activities:
+        resource = record_activity.record.record
+        result[record_activity] = (
+            of[resource.__name__].get(resource.id)
+            if resource is not None and resource.id is not None else None)
+    return result
 
 
 def _lock_waiting(RecordActivity, record_activities):

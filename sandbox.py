@@ -31,6 +31,8 @@ from trytond.pyson import PYSONDecoder
 from trytond.report import Report
 from trytond.transaction import Transaction, check_access
 
+from .mixin import in_company
+
 # What a link target must never carry: it would split an HTTP header
 CONTROL = re.compile(r'[\x00-\x1f\x7f]')
 XINCLUDE = _MarkupTemplate.XINCLUDE_NAMESPACE
@@ -70,11 +72,16 @@ def access(context):
     """Check access in context, as a user: root skips every check
 
     The crons run as root, so the checks then run as the administrator with
-    the groups of context."""
+    the groups and the companies of context, never with the administrator's
+    own."""
     pool = Pool()
     ModelData = pool.get('ir.model.data')
     transaction = Transaction()
     user = transaction.user or ModelData.get_id('res', 'user_admin')
+    # The access caches are keyed on them
+    context = {
+        k: tuple(v) if k in {'_groups', '_companies'} and v is not None else v
+        for k, v in context.items()}
     with transaction.set_user(user), transaction.set_context(context), \
             check_access():
         yield
@@ -434,8 +441,10 @@ def helpers(lang):
 
 
 def template_context(record, helpers):
-    "Return what the templates of record see, with the helpers of its language"
+    """Return what the templates of record see, with the helpers of its
+    language: the record read in its company"""
     context = dict(helpers)
+    record = in_company(record)
     context['record'], = RecordProxy.of(
         [record], record.marketing_access_context)
     return context
@@ -522,7 +531,8 @@ def check_condition(condition):
 
 
 def condition_holds(condition, record):
-    "Tell whether the PYSON condition holds for record"
+    "Tell whether the PYSON condition holds for record, read in its company"
+    record = in_company(record)
     context = record.marketing_access_context
     RecordProxy.of([record], context)
     environment = ConditionEnvironment(record, record.__class__, context)
