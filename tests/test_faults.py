@@ -55,12 +55,6 @@ CONDITION = json.dumps({
         })
 
 
-def _environ():
-    "The environment of the subprocesses: only the config file counts"
-    return {k: v for k, v in os.environ.items()
-        if not k.startswith('TRYTOND_') and k not in {'DB_NAME', 'DB_CACHE'}}
-
-
 class FaultySMTPServer(SMTPServer):
     """The SMTP server of the tests, whose faults the test chooses
 
@@ -159,8 +153,8 @@ class FaultTestCase(unittest.TestCase):
         "Run a step in a subprocess and return its result"
         process = run_process(
             self._helper_command(conf, database, command, **args),
-            env=_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, timeout=300)
+            env=AdminDatabases.environ(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, timeout=300)
         return self._result(process.returncode, process.stdout,
             process.stderr, command)
 
@@ -175,8 +169,8 @@ class FaultTestCase(unittest.TestCase):
         "Start a step in a subprocess that the test stops at its end"
         process = start_process(
             self._helper_command(conf, database, command, **args),
-            env=_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True)
+            env=AdminDatabases.environ(), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
         self.addCleanup(stop_process, process)
         return process
 
@@ -187,7 +181,7 @@ class FaultTestCase(unittest.TestCase):
         process = start_process(
             [os.path.join(BIN, program), '-c', conf, '-d', database,
                 '--logconf', self.logconf] + list(options),
-            env=_environ(), stdout=log, stderr=subprocess.STDOUT)
+            env=AdminDatabases.environ(), stdout=log, stderr=subprocess.STDOUT)
         self.addCleanup(stop_process, process)
         return process, log
 
