@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import unittest
 from collections import defaultdict
 
 SUITE = 'trytond.modules.marketing_automation.tests'
@@ -38,9 +39,28 @@ def postgresql_answers():
     return True
 
 
+class TimedResult(unittest.TextTestResult):
+    "Record how long each test takes, its class set-up included"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.durations = []
+        self._last = time.monotonic()
+
+    def stopTest(self, test):
+        super().stopTest(test)
+        now = time.monotonic()
+        self.durations.append((now - self._last, str(test)))
+        self._last = now
+
+    def print_slowest(self, count=15):
+        self.stream.writeln('Slowest tests (with their set-up):')
+        for duration, name in sorted(self.durations, reverse=True)[:count]:
+            self.stream.writeln('%7.1f s  %s' % (duration, name))
+
+
 def run_suite(pattern):
     "Run the suite in this process and print the counts as JSON"
-    import unittest
     loader = unittest.TestLoader()
     if pattern:
         # As unittest's -k, for the scenarios too which trytond matches
@@ -59,11 +79,14 @@ def run_suite(pattern):
         print('@@counts ' + json.dumps(
                 {'passed': 0, 'failed': 1, 'skipped': 0}))
         return
-    result = unittest.TextTestRunner(verbosity=2).run(suite)
+    result = unittest.TextTestRunner(
+        verbosity=2, resultclass=TimedResult).run(suite)
+    result.print_slowest()
     failed = len(result.failures) + len(result.errors) + len(
         result.unexpectedSuccesses)
     skipped = len(result.skipped)
-    passed = result.testsRun - failed - skipped
+    # A failed class set-up is an error without a test run
+    passed = max(result.testsRun - failed - skipped, 0)
     print('@@counts ' + json.dumps(
             {'passed': passed, 'failed': failed, 'skipped': skipped}))
 

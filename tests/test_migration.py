@@ -3,7 +3,7 @@
 """A site swaps this module in for Tryton's own marketing_automation 8.0
 
 The fixtures are databases made and used by that module. Each one is
-updated as trytond-admin --all does, then its data, its waiting work and the
+updated as trytond-admin -u marketing_automation does, then its data, its waiting work and the
 links of the emails already sent are checked."""
 import datetime as dt
 import gzip
@@ -69,16 +69,26 @@ class MigrationTestCase(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
-        for context in reversed(cls.stack):
-            context.__exit__(None, None, None)
         if backend.name == 'postgresql':
             cls.psql('postgres',
                 'DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % DATABASE)
+        # The lock last
+        for context in reversed(cls.stack):
+            context.__exit__(None, None, None)
         shutil.rmtree(cls.directory, ignore_errors=True)
         super().tearDownClass()
 
     @classmethod
     def load(cls):
+        if backend.name == 'postgresql':
+            # The links of the emails name the database: a run at the same
+            # time on the same server waits for this one to end
+            import psycopg
+            cls.lock = psycopg.connect(
+                uri().rstrip('/') + '/postgres', autocommit=True)
+            cls.lock.execute(
+                "SELECT pg_advisory_lock(hashtext(%s))", (DATABASE,))
+            cls.stack.append(cls.lock)
         if backend.name == 'sqlite':
             source = os.path.join(FIXTURES, 'sqlite', DATABASE + '.sqlite.gz')
             with gzip.open(source) as fixture, open(os.path.join(
@@ -103,8 +113,9 @@ class MigrationTestCase(unittest.TestCase):
             stdout=subprocess.DEVNULL)
 
     @classmethod
-    def update(cls, modules=('--all',)):
-        "Update the database as trytond-admin --all does"
+    def update(cls, modules=('-u', 'marketing_automation')):
+        """Update the database as the site does when it swaps this module
+        in: the other modules are as they were"""
         started = time.monotonic()
         env = dict(os.environ, TRYTOND_DATABASE_NAMES=DATABASE)
         for key in list(env):
