@@ -10,7 +10,8 @@ from trytond.tests.test_tryton import DB_NAME, with_transaction
 from trytond.transaction import Transaction
 
 from .test_engine import SETTINGS, create_scenario, email_activity
-from .tools import DatabaseTestCase, create_parties, follow, smtp_server
+from .tools import (
+    EXTRAS, DatabaseTestCase, create_parties, follow, smtp_server)
 
 BOUNCES = 'bounces.example.com'
 
@@ -149,7 +150,8 @@ def arf(style, message):
 
 class FeedbackTestCase(DatabaseTestCase):
     "Bounces and complaints through inbound_email"
-    modules = ['marketing_automation', 'inbound_email']
+    # All extras, to share the module test's activated database
+    modules = ['marketing_automation'] + EXTRAS
     settings = {
         **SETTINGS,
         ('marketing', 'automation_bounce'): BOUNCES,

@@ -501,7 +501,8 @@ class PacingFaultTestCase(FaultTestCase):
     def test_pacing_fault_busy_greeting(self):
         """A server greets with 421 for a while, then recovers: the
         backlog goes out at the normal pace within a minute"""
-        server = self.track(BusyServer(50).start())
+        # Long enough for the back-off to reach its ceiling, MAX_BACKOFF
+        server = self.track(BusyServer(25).start())
         self.drain('busy_greeting', server, 30, lambda: server.recovered)
         print('pacing busy_greeting: 421 at %s s' % ', '.join(
                 '%.1f' % (t - server.refused[0]) for t in server.refused),

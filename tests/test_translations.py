@@ -15,7 +15,7 @@ from trytond.pool import Pool
 from trytond.tests.test_tryton import with_transaction
 
 from . import extension
-from .tools import DatabaseTestCase
+from .tools import EXTRAS, DatabaseTestCase
 
 MODULE = 'marketing_automation'
 LOCALE = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'locale')
@@ -85,7 +85,7 @@ def check(language, strings):
 class TranslationTestCase(DatabaseTestCase):
     "Translations"
     # As the module test, whose activated database it shares
-    modules = ['marketing_automation', 'inbound_email', 'sale']
+    modules = ['marketing_automation'] + EXTRAS
 
     @with_transaction()
     def test_every_language(self):

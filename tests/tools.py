@@ -41,7 +41,8 @@ __all__ = [
     'restore_configuration', 'follow', 'links', 'html_part', 'text_part',
     'tracked', 'open_images', 'unsubscribe_links', 'DROP', 'smtp_server',
     'StatementCounter', 'create_parties', 'logging_config', 'start_process',
-    'stop_process', 'run_process', 'free_port', 'AdminDatabases']
+    'stop_process', 'run_process', 'free_port', 'AdminDatabases',
+    'EXTRAS', 'activate_with_extras']
 
 AUTOMATION_BASE = 'http://example.com'
 EMAIL_FROM = 'marketing@example.com'
@@ -247,6 +248,22 @@ def configure(
             ]:
         _save(section, option)
         config.set(section, option, value)
+
+
+# The modules that the module test activates beside this one: the tests and
+# scenarios that need any of them activate all, to share its cached database
+EXTRAS = ['inbound_email', 'sale']
+
+
+def activate_with_extras():
+    "Activate the module with EXTRAS for a scenario and return its config"
+    from proteus import config as proteus_config
+    from trytond.tests.test_tryton import activate_module
+
+    # Named as the module test names its database, which proteus'
+    # activate_modules does not
+    activate_module(['marketing_automation'] + EXTRAS)
+    return proteus_config.set_trytond()
 
 
 def start_smtp_server(**kwargs):
