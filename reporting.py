@@ -8,7 +8,7 @@ import datetime as dt
 from collections import defaultdict
 
 from dateutil.relativedelta import relativedelta
-from sql import Literal, Null
+from sql import Column, Literal, Null
 from sql.aggregate import Count, Max, Min, Sum
 from sql.conditionals import Case
 from sql.functions import DateTrunc
@@ -234,7 +234,6 @@ class Activity(ModelSQL, ModelView):
         columns = [
             Min(record_activity.id).as_('id'),
             record_activity.activity.as_('activity'),
-            activity.action.as_('activity_action'),
             done.as_('record_count'),
             opened.as_('email_opened'),
             clicked.as_('email_clicked'),
@@ -255,15 +254,20 @@ class Activity(ModelSQL, ModelView):
             & (record_activity.at != Null))
         if ids is not None:
             where &= reduce_ids(record_activity.activity, ids)
-        group_by = [record_activity.activity, activity.action]
+        group_by = [record_activity.activity]
         if dated:
             date = _date(record_activity.at)
             columns.append(date.as_('date'))
             where &= _dates_where(record_activity.at)
             group_by.append(date.as_('date'))
-        return record_activity.join(activity,
-            condition=record_activity.activity == activity.id
-            ).select(*columns, where=where, group_by=group_by)
+        figures = record_activity.select(
+            *columns, where=where, group_by=group_by)
+        # The action joined to the figures, not to each record activity
+        return figures.join(activity,
+            condition=figures.activity == activity.id
+            ).select(
+                *[Column(figures, c.output_name) for c in columns],
+                activity.action.as_('activity_action'))
 
 
 def figures(Report, key, ids, names):
