@@ -268,12 +268,15 @@ class Scenario(Workflow, ModelSQL, ModelView):
         pool = Pool()
         Record = pool.get('marketing.automation.record')
         record = Record.__table__()
+        table = cls.__table__()
         cursor = Transaction().connection.cursor()
         ids = set()
         for sub_ids in sliced(list(map(int, scenarios))):
-            cursor.execute(*record.select(record.scenario,
-                    where=reduce_ids(record.scenario, sub_ids),
-                    group_by=[record.scenario]))
+            # The first record is enough: a scenario may have millions
+            cursor.execute(*table.select(table.id,
+                    where=reduce_ids(table.id, sub_ids)
+                    & Exists(record.select(Literal(1),
+                            where=record.scenario == table.id))))
             ids.update(i for i, in cursor)
         return ids
 
@@ -726,7 +729,8 @@ class Record(ModelSQL, ModelView):
     def convert(cls, record_ids):
         """Mark the records as converted now and cancel their waiting
         activities"""
-        # states.forget goes with the ORM write of the conversion
+        # states imports this module: imported here until the conversion
+        # writes through the ORM and needs no forget
         from .states import forget
         pool = Pool()
         RecordActivity = pool.get('marketing.automation.record.activity')
