@@ -8,12 +8,12 @@ from babel.dates import format_timedelta
 from trytond.cache import Cache
 from trytond.i18n import gettext
 from trytond.model import Index, ModelSQL, ModelView, fields
+from trytond.pool import Pool
 from trytond.pyson import Bool, Eval
 from trytond.transaction import Transaction
 
-from . import email_, sandbox
+from . import email_, reporting, sandbox
 from .exceptions import ConditionError, DelayError, EventError, TemplateError
-from .statistics import ActivityStatistics
 
 ChildEvent = namedtuple('ChildEvent', ['id', 'event', 'negative', 'delay'])
 
@@ -28,7 +28,13 @@ TRACKED = {
     }
 
 
-class Activity(ActivityStatistics, ModelSQL, ModelView):
+def _email_states():
+    return {
+        'invisible': Eval('action') != 'send_email',
+        }
+
+
+class Activity(ModelSQL, ModelView):
     __name__ = 'marketing.automation.activity'
     # The routes move the tree on without reading it
     _children_cache = Cache(
@@ -107,6 +113,51 @@ class Activity(ActivityStatistics, ModelSQL, ModelView):
         help="A Genshi HTML template with 'record' in its context.\n"
         "Use href=\"unsubscribe\" for the unsubscribe link.")
 
+    # The statistics: the figures of the activity report for all time
+    record_count = fields.Function(
+        fields.Integer("Records"), 'get_statistics')
+    email_opened = fields.Function(fields.Integer(
+            "Emails Opened", states=_email_states()), 'get_statistics')
+    email_opened_machine = fields.Function(fields.Integer(
+            "Emails Opened by Machine", states=_email_states(),
+            help="Opens by privacy proxies: they move no branch."),
+        'get_statistics')
+    email_clicked = fields.Function(fields.Integer(
+            "Emails Clicked", states=_email_states()), 'get_statistics')
+    email_filtered = fields.Function(fields.Integer(
+            "Emails Filtered", states=_email_states(),
+            help="Emails on which an open or a click was ignored as a "
+            "scanner's, a prefetch's or too early: they move no branch."),
+        'get_statistics')
+    email_bounced = fields.Function(fields.Integer(
+            "Emails Bounced", states=_email_states()), 'get_statistics')
+    email_complained = fields.Function(fields.Integer(
+            "Emails Complained", states=_email_states()), 'get_statistics')
+    email_open_rate = fields.Function(fields.Float(
+            "Email Open Rate", digits=(1, 2), states=_email_states()),
+        'get_statistics')
+    email_click_rate = fields.Function(fields.Float(
+            "Email Click Rate", digits=(1, 2), states=_email_states()),
+        'get_statistics')
+    email_click_through_rate = fields.Function(fields.Float(
+            "Email Click-Through Rate", digits=(1, 2),
+            states=_email_states()),
+        'get_statistics')
+    email_open_rate_trend = fields.Function(fields.Char(
+            "Email Open Rate Trend", states=_email_states()), 'get_trend')
+    email_click_rate_trend = fields.Function(fields.Char(
+            "Email Click Rate Trend", states=_email_states()), 'get_trend')
+    email_click_through_rate_trend = fields.Function(fields.Char(
+            "Email Click-Through Rate Trend", states=_email_states()),
+        'get_trend')
+    # The opens of the scenarios that count opens per activity
+    email_opened_count = fields.Integer(
+        "Opens Counted", readonly=True, states=_email_states(),
+        help="How many times the emails were opened, counted without "
+        "keeping by whom, when the scenario counts opens per activity.")
+    email_open_token = fields.Char(
+        "Open Token", readonly=True, strip=False)
+
     @classmethod
     def __setup__(cls):
         super().__setup__()
@@ -167,6 +218,17 @@ class Activity(ActivityStatistics, ModelSQL, ModelView):
         return False
 
     @classmethod
+    def default_email_opened_count(cls):
+        return 0
+
+    @classmethod
+    def copy(cls, activities, default=None):
+        default = default.copy() if default is not None else {}
+        default.setdefault('email_opened_count', 0)
+        default.setdefault('email_open_token')
+        return super().copy(activities, default=default)
+
+    @classmethod
     def action_events(cls):
         """Return the events that the children of an activity can wait for,
         by action of the activity"""
@@ -193,6 +255,34 @@ class Activity(ActivityStatistics, ModelSQL, ModelView):
     def get_delay_text(self, name):
         if self.delay:
             return delay_text(self.delay, Transaction().language or 'en')
+
+    @classmethod
+    def get_statistics(cls, activities, names):
+        "Return the figures of the activity report for all time"
+        pool = Pool()
+        Report = pool.get('marketing.automation.reporting.activity')
+        return reporting.figures(
+            Report, 'activity', list(map(int, activities)), names)
+
+    @classmethod
+    def get_trend(cls, activities, names):
+        pool = Pool()
+        Report = pool.get('marketing.automation.reporting.activity')
+        return reporting.trends(
+            Report, 'activity', list(map(int, activities)), names)
+
+    @classmethod
+    def count_open(cls, token):
+        """Count an open of the emails of the activity of token and tell
+        whether there is one"""
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        # One statement: the route runs at each open
+        cursor.execute(*table.update(
+                [table.email_opened_count],
+                [table.email_opened_count + 1],
+                where=table.email_open_token == token))
+        return bool(cursor.rowcount)
 
     def get_on(self, name):
         if self.event:

@@ -9,16 +9,13 @@ from sql import Literal, Null
 from sql.conditionals import Coalesce
 
 from trytond import backend
-from trytond.i18n import gettext
 from trytond.model import Index, fields
 from trytond.pool import Pool, PoolMeta
-from trytond.pyson import Eval
 from trytond.tools import reduce_ids
 from trytond.tools import timezone as tz
 from trytond.transaction import Transaction
 
 from .batch import sliced
-from .exceptions import WindowError
 
 TIMEZONES = [(None, "")] + sorted((z, z) for z in tz.available_timezones())
 WEEKDAYS = [
@@ -65,65 +62,6 @@ class Window(namedtuple('Window', ['weekdays', 'start', 'end'])):
         return min(openings)
 
 
-class Scenario(metaclass=PoolMeta):
-    __name__ = 'marketing.automation.scenario'
-
-    frequency_cap_exempt = fields.Boolean(
-        "Exempt from Frequency Cap",
-        help="Its emails are neither held back nor counted by the frequency "
-        "cap: for scenarios of transactional emails.")
-    window_weekdays = fields.MultiSelection(
-        WEEKDAYS, "Sending Days", sort=False,
-        help="The days on which emails may go.\n"
-        "Leave empty to send at any time.")
-    window_start = fields.Time(
-        "Sending From",
-        states={
-            'invisible': ~Eval('window_weekdays'),
-            })
-    window_end = fields.Time(
-        "Sending Until",
-        states={
-            'invisible': ~Eval('window_weekdays'),
-            },
-        help="Earlier than the start for hours that cross midnight.")
-    window_timezone = fields.Selection(
-        TIMEZONES, "Sending Time Zone", translate=False,
-        states={
-            'invisible': ~Eval('window_weekdays'),
-            },
-        help="Of the hours, when the party has none.\n"
-        "The company's when empty.")
-
-    @classmethod
-    def default_frequency_cap_exempt(cls):
-        return False
-
-    @property
-    def window(self):
-        if self.window_weekdays:
-            return Window(
-                frozenset(map(int, self.window_weekdays)),
-                self.window_start, self.window_end)
-
-    @classmethod
-    def validate_fields(cls, scenarios, field_names):
-        super().validate_fields(scenarios, field_names)
-        cls.check_window(scenarios, field_names)
-
-    @classmethod
-    def check_window(cls, scenarios, field_names=None):
-        if field_names and not (
-                field_names & {'window_start', 'window_end'}):
-            return
-        for scenario in scenarios:
-            if (scenario.window_start is not None
-                    and scenario.window_start == scenario.window_end):
-                raise WindowError(gettext(
-                        'marketing_automation.msg_scenario_window_empty',
-                        scenario=scenario.rec_name))
-
-
 class Email(metaclass=PoolMeta):
     __name__ = 'ir.email'
 
@@ -150,9 +88,9 @@ class Email(metaclass=PoolMeta):
                 '(party INTEGER PRIMARY KEY)' % CAP_TABLE)
 
 
-def defer(activity, record_activities, now):
+def hold_back(activity, record_activities, now):
     """Return the record activities of activity whose email may go now, and
-    the reason and the date until which each other one waits"""
+    the reason and the date until which each other one is held back"""
     if activity.action != 'send_email' or not record_activities:
         return record_activities, {}
     pool = Pool()

@@ -2,7 +2,7 @@
 # this repository contains the full copyright notices and license terms.
 
 from trytond.exceptions import UserError
-from trytond.model.exceptions import ValidationError
+from trytond.model.exceptions import AccessError, ValidationError
 
 
 class DomainError(ValidationError):
@@ -30,6 +30,14 @@ class WindowError(ValidationError):
 
 
 class GoalError(ValidationError):
+    pass
+
+
+class ScenarioModelError(ValidationError):
+    pass
+
+
+class BlockedError(AccessError):
     pass
 
 

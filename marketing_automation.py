@@ -6,8 +6,6 @@ import secrets
 from collections import defaultdict
 
 from sql import Cast, Conflict, For, Literal, Null
-from sql.aggregate import Count, Sum
-from sql.conditionals import Case
 from sql.operators import Concat, Exists
 
 from trytond.i18n import gettext
@@ -17,10 +15,13 @@ from trytond.pyson import Bool, Eval, PYSONDecoder
 from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
+from . import reporting, tree
 from .batch import batch_size, sliced
-from .exceptions import DomainError
-from .mixin import MarketingAutomationMixin, has_company
-from .statistics import ScenarioStatistics
+from .deferral import TIMEZONES, WEEKDAYS, Window
+from .exceptions import (
+    BlockedError, DomainError, GoalError, ScenarioModelError, WindowError)
+from .mixin import (
+    MarketingAutomationMixin, by_company, company_context, has_company)
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +74,14 @@ def get_models():
     return [(m, IrModel.get_name(m)) for m in marketing_models()]
 
 
-class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
+class Scenario(Workflow, ModelSQL, ModelView):
     __name__ = 'marketing.automation.scenario'
 
     name = fields.Char("Name", translate=True)
     model = fields.Selection(
         'get_models', "Model", required=True,
         states={
-            'readonly': Eval('state') != 'draft',
+            'readonly': (Eval('state') != 'draft') | Eval('has_records'),
             })
     domain = fields.Char(
         "Domain", required=True,
@@ -88,32 +89,24 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
             'readonly': Eval('state') == 'running',
             },
         help="A PYSON domain that picks the records to enrol.")
+    goal = fields.Char(
+        "Goal",
+        help="A domain on the records: a record that matches it is "
+        "converted, and its waiting activities are cancelled.\n"
+        "Leave empty for no goal.")
     activities = fields.One2Many(
         'marketing.automation.activity', 'parent', "Activities")
     records = fields.One2Many(
         'marketing.automation.record', 'scenario', "Records", readonly=True)
+    has_records = fields.Function(
+        fields.Boolean("Has Records"), 'get_has_records')
     unsubscribed_parties = fields.Many2Many(
         'party.party-unsubscribed-marketing.automation.scenario',
         'scenario', 'party', "Unsubscribed Parties", readonly=True)
-    record_count = fields.Function(
-        fields.Integer("Records"), 'get_record_count')
-    record_count_blocked = fields.Function(
-        fields.Integer("Records Blocked"), 'get_record_count')
-    block_rate = fields.Function(
-        fields.Float("Block Rate", digits=(1, 2)), 'get_rate')
-    block_rate_trend = fields.Function(
-        fields.Char("Block Rate Trend"), 'get_trend')
-    # The records that met the goal (goal.py)
-    record_count_converted = fields.Function(
-        fields.Integer("Records Converted"), 'get_record_count')
-    conversion_rate = fields.Function(
-        fields.Float("Conversion Rate", digits=(1, 2)), 'get_rate')
-    conversion_rate_trend = fields.Function(
-        fields.Char("Conversion Rate Trend"), 'get_trend')
     tracking = fields.Selection([
             ('full', "Opens and Clicks"),
             ('clicks', "Clicks Only"),
-            ('aggregate', "Opens Counted by Activity"),
+            ('aggregate', "Opens Counted per Activity"),
             ('none', "None"),
             ], "Tracking", required=True,
         help="What the emails track of their recipients: the open image and "
@@ -124,6 +117,62 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
         "Unsubscribable",
         help="If checked, blocking a record also unsubscribes its party "
         "from the scenario for good.")
+
+    # When the emails may go
+    frequency_cap_exempt = fields.Boolean(
+        "Exempt from Frequency Cap",
+        help="Its emails are neither held back nor counted by the frequency "
+        "cap: for scenarios of transactional emails.")
+    window_weekdays = fields.MultiSelection(
+        WEEKDAYS, "Sending Days", sort=False,
+        help="The days on which emails may go.\n"
+        "Leave empty to send at any time.")
+    window_start = fields.Time(
+        "Sending From",
+        states={
+            'invisible': ~Eval('window_weekdays'),
+            })
+    window_end = fields.Time(
+        "Sending Until",
+        states={
+            'invisible': ~Eval('window_weekdays'),
+            },
+        help="Earlier than the start for hours that cross midnight.")
+    window_timezone = fields.Selection(
+        TIMEZONES, "Sending Time Zone", translate=False,
+        states={
+            'invisible': ~Eval('window_weekdays'),
+            },
+        help="Of the hours, when the party has none.\n"
+        "The company's when empty.")
+
+    # The statistics: the figures of the scenario report for all time
+    record_count = fields.Function(
+        fields.Integer("Records"), 'get_statistics')
+    record_count_blocked = fields.Function(
+        fields.Integer("Records Blocked"), 'get_statistics')
+    block_rate = fields.Function(
+        fields.Float("Block Rate", digits=(1, 2)), 'get_statistics')
+    block_rate_trend = fields.Function(
+        fields.Char("Block Rate Trend"), 'get_trend')
+    email_bounced = fields.Function(
+        fields.Integer(
+            "Records Bounced", help="The records an email of which bounced."),
+        'get_statistics')
+    email_complained = fields.Function(
+        fields.Integer(
+            "Records Complained",
+            help="The records an email of which was reported as spam."),
+        'get_statistics')
+    record_count_converted = fields.Function(
+        fields.Integer(
+            "Records Converted", help="The records that met the goal."),
+        'get_statistics')
+    conversion_rate = fields.Function(
+        fields.Float("Conversion Rate", digits=(1, 2)), 'get_statistics')
+    conversion_rate_trend = fields.Function(
+        fields.Char("Conversion Rate Trend"), 'get_trend')
+
     state = fields.Selection([
             ('draft', "Draft"),
             ('running', "Running"),
@@ -143,6 +192,8 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
             'domain': (
                 DomainError,
                 'marketing_automation.msg_scenario_invalid_domain'),
+            'goal': (
+                GoalError, 'marketing_automation.msg_scenario_invalid_goal'),
             }
         cls._transitions |= {
             ('draft', 'running'),
@@ -183,6 +234,10 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
         return False
 
     @classmethod
+    def default_frequency_cap_exempt(cls):
+        return False
+
+    @classmethod
     def get_models(cls):
         return get_models()
 
@@ -190,37 +245,55 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
     def pyson_domain(self):
         return PYSONDecoder({}).decode(self.domain)
 
+    @property
+    def pyson_goal(self):
+        if self.goal:
+            return PYSONDecoder({}).decode(self.goal)
+
+    @property
+    def window(self):
+        if self.window_weekdays:
+            return Window(
+                frozenset(map(int, self.window_weekdays)),
+                self.window_start, self.window_end)
+
     @classmethod
-    def get_record_count(cls, scenarios, names):
+    def get_has_records(cls, scenarios, name):
+        with_records = cls._with_records(scenarios)
+        return {s.id: s.id in with_records for s in scenarios}
+
+    @classmethod
+    def _with_records(cls, scenarios):
+        "Return the ids of the scenarios that have records"
         pool = Pool()
         Record = pool.get('marketing.automation.record')
         record = Record.__table__()
+        table = cls.__table__()
         cursor = Transaction().connection.cursor()
+        ids = set()
+        for sub_ids in sliced(list(map(int, scenarios))):
+            # The first record is enough: a scenario may have millions
+            cursor.execute(*table.select(table.id,
+                    where=reduce_ids(table.id, sub_ids)
+                    & Exists(record.select(Literal(1),
+                            where=record.scenario == table.id))))
+            ids.update(i for i, in cursor)
+        return ids
 
-        counts = {n: defaultdict(int) for n in names}
-        enrolled = []
-        for scenario in scenarios:
-            if scenario.state == 'draft':
-                if 'record_count' in names:
-                    counts['record_count'][scenario.id] = (
+    @classmethod
+    def get_statistics(cls, scenarios, names):
+        """Return the figures of the scenario report for all time, but the
+        records that the domain of a draft scenario matches now"""
+        pool = Pool()
+        Report = pool.get('marketing.automation.reporting.scenario')
+        values = reporting.figures(
+            Report, 'scenario', list(map(int, scenarios)), names)
+        if 'record_count' in names:
+            for scenario in scenarios:
+                if scenario.state == 'draft':
+                    values['record_count'][scenario.id] = (
                         scenario._count_matching())
-            else:
-                enrolled.append(scenario.id)
-        for sub_ids in sliced(enrolled):
-            cursor.execute(*record.select(
-                    record.scenario,
-                    Count(),
-                    Sum(Case((record.blocked, 1), else_=0)),
-                    Sum(Case((record.converted != Null, 1), else_=0)),
-                    where=reduce_ids(record.scenario, sub_ids),
-                    group_by=record.scenario))
-            for scenario_id, *row in cursor:
-                for name, count in zip([
-                            'record_count', 'record_count_blocked',
-                            'record_count_converted'], row):
-                    if name in counts:
-                        counts[name][scenario_id] = count or 0
-        return counts
+        return values
 
     def _count_matching(self):
         pool = Pool()
@@ -231,23 +304,25 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
             return None
 
     @classmethod
-    def get_rate(cls, scenarios, names):
-        "The share of the records enrolled that were blocked or converted"
-        counts = {
-            'block_rate': 'record_count_blocked',
-            'conversion_rate': 'record_count_converted',
-            }
-        records = cls.get_record_count(
-            [s for s in scenarios if s.state != 'draft'],
-            ['record_count'] + [counts[n] for n in names])
-        rates = {n: {} for n in names}
-        for scenario in scenarios:
-            enrolled = records['record_count'].get(scenario.id)
-            for name in names:
-                count = records[counts[name]].get(scenario.id, 0)
-                rates[name][scenario.id] = (
-                    round(count / enrolled, 2) if enrolled else 0.)
-        return rates
+    def get_trend(cls, scenarios, names):
+        pool = Pool()
+        Report = pool.get('marketing.automation.reporting.scenario')
+        return reporting.trends(
+            Report, 'scenario', list(map(int, scenarios)), names)
+
+    @classmethod
+    def check_modification(
+            cls, mode, scenarios, values=None, external=False):
+        super().check_modification(
+            mode, scenarios, values=values, external=external)
+        if mode == 'write' and 'model' in values:
+            changed = [s for s in scenarios if s.model != values['model']]
+            with_records = cls._with_records(changed)
+            for scenario in changed:
+                if scenario.id in with_records:
+                    raise ScenarioModelError(gettext(
+                            'marketing_automation.msg_scenario_model_records',
+                            scenario=scenario.rec_name))
 
     @classmethod
     def validate_fields(cls, scenarios, field_names):
@@ -255,6 +330,7 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
         Activity = pool.get('marketing.automation.activity')
         super().validate_fields(scenarios, field_names)
         cls.check_domain(scenarios, field_names)
+        cls.check_window(scenarios, field_names)
         if not field_names or 'tracking' in field_names:
             # The tree is shallow so walking it costs little
             activities, todo = [], [a for s in scenarios for a in s.activities]
@@ -271,6 +347,18 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
             return
         for name, (error, message) in cls._domains.items():
             check_domains(scenarios, name, error, message)
+
+    @classmethod
+    def check_window(cls, scenarios, field_names=None):
+        if field_names and not (
+                field_names & {'window_start', 'window_end'}):
+            return
+        for scenario in scenarios:
+            if (scenario.window_start is not None
+                    and scenario.window_start == scenario.window_end):
+                raise WindowError(gettext(
+                        'marketing_automation.msg_scenario_window_empty',
+                        scenario=scenario.rec_name))
 
     @classmethod
     def copy(cls, scenarios, default=None):
@@ -350,6 +438,56 @@ class Scenario(ScenarioStatistics, Workflow, ModelSQL, ModelView):
             self.convert_records()
         return count
 
+    @classmethod
+    def check_goals(cls, scenarios=None):
+        "Convert the records of the running scenarios that met their goal"
+        if scenarios is None:
+            scenarios = cls.search([
+                    ('state', '=', 'running'),
+                    ('goal', '!=', None),
+                    ])
+        count = 0
+        for scenario in scenarios:
+            if scenario.state == 'running' and scenario.goal:
+                count += scenario.convert_records()
+        return count
+
+    def convert_records(self):
+        """Convert by batches the records that meet the goal and return how
+        many"""
+        pool = Pool()
+        Model = pool.get(self.model)
+        Record = pool.get('marketing.automation.record')
+        record = Record.__table__()
+        cursor = Transaction().connection.cursor()
+        goal, prefix = self.pyson_goal, self.model + ','
+        last, count = 0, 0
+        while True:
+            # Walk by ids, as the conversions change what is left
+            cursor.execute(*record.select(record.id, record.record,
+                    where=(record.scenario == self.id)
+                    & (record.converted == Null)
+                    & (record.id > last),
+                    order_by=[record.id.asc], limit=batch_size()))
+            rows = cursor.fetchall()
+            if not rows:
+                break
+            last = rows[-1][0]
+            by_resource = {
+                int(r[len(prefix):]): i for i, r in rows
+                if r and r.startswith(prefix)}
+            converted = []
+            # The goal is met in the company of each record
+            for company, ids in by_company(Model, by_resource).items():
+                with Transaction().set_context(company_context(company)):
+                    met = Model.search([
+                            goal, ('id', 'in', sorted(ids)),
+                            ], order=[])
+                converted.extend(by_resource[m.id] for m in met)
+            Record.convert(converted)
+            count += len(converted)
+        return count
+
     def candidates(self, enrolled=True):
         """Yield by batches the ids of the records that the domain matches
         and whose party did not unsubscribe; with enrolled False, only
@@ -421,7 +559,13 @@ class Record(ModelSQL, ModelView):
     party = fields.Function(
         fields.Many2One('party.party', "Party"),
         'get_party', searcher='search_party')
-    blocked = fields.Boolean("Blocked")
+    blocked = fields.Boolean(
+        "Blocked", readonly=True,
+        help="A blocked record gets nothing more from the scenario.\n"
+        "Set by the Block button.")
+    converted = fields.DateTime(
+        "Converted", readonly=True,
+        help="When the record met the goal of the scenario.")
     uuid = fields.Char("UUID", readonly=True, strip=False)
     record_activities = fields.One2Many(
         'marketing.automation.record.activity', 'record', "Activities",
@@ -487,9 +631,22 @@ class Record(ModelSQL, ModelView):
         return values
 
     @classmethod
+    def check_modification(cls, mode, records, values=None, external=False):
+        super().check_modification(
+            mode, records, values=values, external=external)
+        # The button also cancels what waits and unsubscribes the party
+        if external and (
+                (mode == 'write' and 'blocked' in values)
+                or (mode == 'create' and any(r.blocked for r in records))):
+            raise BlockedError(gettext(
+                    'marketing_automation.msg_record_blocked_button'))
+
+    @classmethod
     def copy(cls, records, default=None):
         default = default.copy() if default is not None else {}
         default.setdefault('uuid', None)
+        default.setdefault('blocked', False)
+        default.setdefault('converted')
         default.setdefault('record_activities')
         return super().copy(records, default=default)
 
@@ -523,8 +680,6 @@ class Record(ModelSQL, ModelView):
                     where=record.uuid.in_(list(tokens.values()))))
         record_ids = [i for i, in cursor]
 
-        # tree needs this module's helpers
-        from . import tree
         tree.enrol(record_ids, scenario.activities, now)
         return len(record_ids)
 
@@ -569,3 +724,26 @@ class Record(ModelSQL, ModelView):
                         }))
         if to_write:
             Party.write(*to_write)
+
+    @classmethod
+    def convert(cls, record_ids):
+        """Mark the records as converted now and cancel their waiting
+        activities"""
+        # states imports this module: imported here until the conversion
+        # writes through the ORM and needs no forget
+        from .states import forget
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        if not record_ids:
+            return
+        table = cls.__table__()
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        now = current_time()
+        cursor.execute(*table.update(
+                [table.converted, table.write_uid, table.write_date],
+                [now, transaction.user, now],
+                where=reduce_ids(table.id, record_ids)
+                & (table.converted == Null)))
+        RecordActivity.cancel_waiting(record_ids)
+        forget(cls.__name__, record_ids)

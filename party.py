@@ -1,13 +1,8 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
 
-from sql import Literal, Table
-from sql.operators import Exists
-
-from trytond import backend
 from trytond.model import ModelSQL, fields
 from trytond.pool import PoolMeta
-from trytond.transaction import Transaction
 
 from .mixin import MarketingAutomationMixin
 
@@ -49,33 +44,3 @@ class PartyUnsubscribedScenario(ModelSQL):
     scenario = fields.Many2One(
         'marketing.automation.scenario', "Scenario",
         required=True, ondelete='CASCADE')
-
-    @classmethod
-    def __register__(cls, module):
-        super().__register__(module)
-        cls._move_from(_EARLIER_TABLE)
-
-    @classmethod
-    def _move_from(cls, name):
-        "Move the rows of an earlier table of the unsubscribed to this one"
-        TableHandler = backend.TableHandler
-        if not TableHandler.table_exist(name):
-            return
-        table = cls.__table__()
-        earlier = Table(name)
-        cursor = Transaction().connection.cursor()
-        cursor.execute(*table.insert(
-                [table.party, table.scenario, table.create_uid,
-                    table.create_date],
-                earlier.select(
-                    earlier.party, earlier.scenario, earlier.create_uid,
-                    earlier.create_date,
-                    where=~Exists(table.select(Literal(1),
-                            where=(table.party == earlier.party)
-                            & (table.scenario == earlier.scenario))))))
-        TableHandler.drop_table(
-            'party.party-marketing.automation.scenario', name)
-
-
-# An earlier version of this module named the table otherwise
-_EARLIER_TABLE = 'party_party-marketing_automation_scenario'

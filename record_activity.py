@@ -243,7 +243,7 @@ class RecordActivity(
                 # Sets: a batch is hundreds of record activities
                 kept = set(due) | set(errors)
                 cancelled.extend(ra for ra in activities if ra not in kept)
-                due, waits = deferral.defer(activity, due, now)
+                due, waits = deferral.hold_back(activity, due, now)
                 deferred.update(waits)
                 if due and activity.action:
                     errors.update(getattr(

@@ -8,11 +8,11 @@ import datetime as dt
 from collections import defaultdict
 
 from dateutil.relativedelta import relativedelta
-from sql import Literal, Null
-from sql.aggregate import Count, Min, Sum
+from sql import Column, Literal, Null
+from sql.aggregate import Count, Max, Min, Sum
 from sql.conditionals import Case
 from sql.functions import DateTrunc
-from sql.operators import Exists, Mul
+from sql.operators import Mul
 
 from trytond.model import ModelSQL, ModelView, fields
 from trytond.pool import Pool
@@ -130,34 +130,55 @@ class Scenario(ModelSQL, ModelView):
 
     @classmethod
     def table_query(cls):
+        return cls.aggregate()
+
+    @classmethod
+    def aggregate(cls, ids=None, dated=True):
+        """Return the query of the figures of the scenarios of ids, of all
+        when None: by period of enrolment within the dates of the context
+        when dated, else one row by scenario for all time
+
+        The statistics of the scenarios are the undated figures."""
         pool = Pool()
         Record = pool.get('marketing.automation.record')
         RecordActivity = pool.get('marketing.automation.record.activity')
         record = Record.__table__()
-        date = _date(record.create_date)
+        record_activity = RecordActivity.__table__()
+        bounced = record_activity.email_bounced == Literal(True)
+        complained = record_activity.email_complained == Literal(True)
+        # The records with a flagged email, joined: a subquery by record
+        # would cost the hundreds of thousands of records a lookup each
+        flagged = record_activity.select(
+            record_activity.record.as_('record'),
+            Max(Case((bounced, 1), else_=0)).as_('bounced'),
+            Max(Case((complained, 1), else_=0)).as_('complained'),
+            where=bounced | complained,
+            group_by=[record_activity.record])
         blocked = _count(record.blocked == Literal(True))
         converted = _count(record.converted != Null)
-
-        def flagged(column):
-            record_activity = RecordActivity.__table__()
-            return _count(Exists(record_activity.select(
-                        record_activity.id,
-                        where=(record_activity.record == record.id)
-                        & (getattr(record_activity, column)
-                            == Literal(True)))))
-        return record.select(
+        columns = [
             Min(record.id).as_('id'),
-            date.as_('date'),
             record.scenario.as_('scenario'),
             Count().as_('record_count'),
             blocked.as_('record_count_blocked'),
             _rate(blocked, Count()).as_('block_rate'),
-            flagged('email_bounced').as_('email_bounced'),
-            flagged('email_complained').as_('email_complained'),
+            _count(flagged.bounced == 1).as_('email_bounced'),
+            _count(flagged.complained == 1).as_('email_complained'),
             converted.as_('record_count_converted'),
             _rate(converted, Count()).as_('conversion_rate'),
-            where=_dates_where(record.create_date),
-            group_by=[date.as_('date'), record.scenario])
+            ]
+        where = Literal(True)
+        if ids is not None:
+            where &= reduce_ids(record.scenario, ids)
+        group_by = [record.scenario]
+        if dated:
+            date = _date(record.create_date)
+            columns.append(date.as_('date'))
+            where &= _dates_where(record.create_date)
+            group_by.append(date.as_('date'))
+        return record.join(flagged, 'LEFT',
+            condition=flagged.record == record.id
+            ).select(*columns, where=where, group_by=group_by)
 
 
 class Activity(ModelSQL, ModelView):
@@ -193,42 +214,81 @@ class Activity(ModelSQL, ModelView):
 
     @classmethod
     def table_query(cls):
+        return cls.aggregate()
+
+    @classmethod
+    def aggregate(cls, ids=None, dated=True):
+        """Return the query of the figures of the activities of ids, of all
+        when None: by period of their record activities within the dates of
+        the context when dated, else one row by activity for all time
+
+        The statistics of the activities are the undated figures."""
         pool = Pool()
         RecordActivity = pool.get('marketing.automation.record.activity')
         Activity = pool.get('marketing.automation.activity')
         record_activity = RecordActivity.__table__()
         activity = Activity.__table__()
-        date = _date(record_activity.at)
         done = _count(record_activity.state == 'done')
         opened = _count(record_activity.email_opened == Literal(True))
         clicked = _count(record_activity.email_clicked == Literal(True))
-        return record_activity.join(activity,
-            condition=record_activity.activity == activity.id
+        columns = [
+            Min(record_activity.id).as_('id'),
+            record_activity.activity.as_('activity'),
+            done.as_('record_count'),
+            opened.as_('email_opened'),
+            clicked.as_('email_clicked'),
+            _count(record_activity.email_opened_machine
+                == Literal(True)).as_('email_opened_machine'),
+            _count(record_activity.email_filtered
+                == Literal(True)).as_('email_filtered'),
+            _count(record_activity.email_bounced
+                == Literal(True)).as_('email_bounced'),
+            _count(record_activity.email_complained
+                == Literal(True)).as_('email_complained'),
+            _rate(opened, done).as_('email_open_rate'),
+            _rate(clicked, done).as_('email_click_rate'),
+            _rate(clicked, opened).as_('email_click_through_rate'),
+            ]
+        # A bounced email may have failed its record activity
+        where = (record_activity.state.in_(['done', 'failed'])
+            & (record_activity.at != Null))
+        if ids is not None:
+            where &= reduce_ids(record_activity.activity, ids)
+        group_by = [record_activity.activity]
+        if dated:
+            date = _date(record_activity.at)
+            columns.append(date.as_('date'))
+            where &= _dates_where(record_activity.at)
+            group_by.append(date.as_('date'))
+        figures = record_activity.select(
+            *columns, where=where, group_by=group_by)
+        # The action joined to the figures, not to each record activity
+        return figures.join(activity,
+            condition=figures.activity == activity.id
             ).select(
-                Min(record_activity.id).as_('id'),
-                date.as_('date'),
-                record_activity.activity.as_('activity'),
-                activity.action.as_('activity_action'),
-                done.as_('record_count'),
-                opened.as_('email_opened'),
-                clicked.as_('email_clicked'),
-                _count(record_activity.email_opened_machine
-                    == Literal(True)).as_('email_opened_machine'),
-                _count(record_activity.email_filtered
-                    == Literal(True)).as_('email_filtered'),
-                _count(record_activity.email_bounced
-                    == Literal(True)).as_('email_bounced'),
-                _count(record_activity.email_complained
-                    == Literal(True)).as_('email_complained'),
-                _rate(opened, done).as_('email_open_rate'),
-                _rate(clicked, done).as_('email_click_rate'),
-                _rate(clicked, opened).as_('email_click_through_rate'),
-                # A bounced email may have failed its record activity
-                where=record_activity.state.in_(['done', 'failed'])
-                & (record_activity.at != Null)
-                & _dates_where(record_activity.at),
-                group_by=[date.as_('date'), record_activity.activity,
-                    activity.action])
+                *[Column(figures, c.output_name) for c in columns],
+                activity.action.as_('activity_action'))
+
+
+def figures(Report, key, ids, names):
+    """Return the figures of names of the report for all time, for each id
+    of key, in one query by slice: the statistics of the forms
+
+    An id without row has no figure: 0. The rates are rounded to 2
+    places."""
+    cursor = Transaction().connection.cursor()
+    rates = {n for n in names if isinstance(Report._fields[n], fields.Float)}
+    values = {n: dict.fromkeys(ids, 0.0 if n in rates else 0) for n in names}
+    for sub_ids in sliced(ids):
+        table = Report.aggregate(ids=list(sub_ids), dated=False)
+        cursor.execute(*table.select(
+                getattr(table, key), *[getattr(table, n) for n in names]))
+        for key_id, *row in cursor:
+            for name, value in zip(names, row):
+                values[name][key_id] = (
+                    round(float(value or 0), 2) if name in rates
+                    else value or 0)
+    return values
 
 
 def trends(Report, key, ids, names):
@@ -237,17 +297,15 @@ def trends(Report, key, ids, names):
     today = dt.date.today()
     delta = PERIODS[_period()]
     start = today - delta * (TREND_LENGTH - 1)
+    cursor = Transaction().connection.cursor()
+    values = defaultdict(dict)
+    fields_ = [n[:-len('_trend')] for n in names]
     with Transaction().set_context(from_date=start, to_date=today):
-        table = Report.table_query()
-        cursor = Transaction().connection.cursor()
-        values = defaultdict(dict)
-        fields_ = [n[:-len('_trend')] for n in names]
         for sub_ids in sliced(ids):
-            query = table.select(
-                table.date, getattr(table, key),
-                *[getattr(table, f) for f in fields_],
-                where=reduce_ids(getattr(table, key), sub_ids))
-            cursor.execute(*query)
+            table = Report.aggregate(ids=list(sub_ids))
+            cursor.execute(*table.select(
+                    table.date, getattr(table, key),
+                    *[getattr(table, f) for f in fields_]))
             for date, key_id, *row in cursor:
                 values[key_id][date] = row
     periods = [start + delta * i for i in range(TREND_LENGTH)]

@@ -190,3 +190,77 @@ class ReportingTestCase(DatabaseTestCase):
                     activity.email_click_rate_trend,
                     activity.email_click_through_rate_trend]:
                 self.assertEqual(len(trend), 12)
+
+    @with_transaction()
+    def test_statistics_are_the_reports(self):
+        """The figures of the scenario and activity forms are those of their
+        report with no date: a record with two bounced emails counts once
+        in the scenario, twice in its activities"""
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Activity = pool.get('marketing.automation.activity')
+        Record = pool.get('marketing.automation.record')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        scenario, activity = self.prepare()
+        second, = Activity.create([email_activity(
+                    name="Reminder", parent=str(activity))])
+        first, = RecordActivity.search([
+                ('activity', '=', activity.id), ('state', '=', 'done')],
+            order=[('id', 'ASC')], limit=1)
+        table = RecordActivity.__table__()
+        record = Record.__table__()
+        cursor = Transaction().connection.cursor()
+        cursor.execute(*table.update(
+                [table.email_bounced, table.email_complained],
+                [True, True], where=table.id == first.id))
+        RecordActivity.create([{
+                    'record': first.record.id,
+                    'activity': second.id,
+                    'state': 'failed',
+                    'at': dt.datetime(2026, 1, 13, 9),
+                    'email_bounced': True,
+                    }])
+        cursor.execute(*record.update(
+                [record.converted], [dt.datetime(2026, 1, 14)],
+                where=record.id == first.record.id))
+
+        def totals(model, key, id_, names):
+            Report = pool.get(model)
+            with Transaction().set_context(period='year'):
+                rows = Report.search_read(
+                    [(key, '=', id_)], fields_names=list(names))
+            return {n: sum(r[n] for r in rows) for n in names}
+
+        def rate(numerator, denominator):
+            return round(numerator / denominator, 2) if denominator else 0.
+
+        counts = ['record_count', 'record_count_blocked', 'email_bounced',
+            'email_complained', 'record_count_converted']
+        report = totals('marketing.automation.reporting.scenario',
+            'scenario', scenario.id, counts)
+        scenario = Scenario(scenario.id)
+        self.assertEqual(
+            {n: getattr(scenario, n) for n in counts}, report)
+        self.assertEqual(
+            (scenario.email_bounced, scenario.record_count_converted), (1, 1))
+        self.assertEqual(scenario.block_rate, rate(
+                report['record_count_blocked'], report['record_count']))
+        self.assertEqual(scenario.conversion_rate, rate(
+                report['record_count_converted'], report['record_count']))
+
+        counts = ['record_count', 'email_opened', 'email_clicked',
+            'email_opened_machine', 'email_filtered', 'email_bounced',
+            'email_complained']
+        for each in [activity, second]:
+            report = totals('marketing.automation.reporting.activity',
+                'activity', each.id, counts)
+            each = Activity(each.id)
+            self.assertEqual({n: getattr(each, n) for n in counts}, report)
+            self.assertEqual(each.email_open_rate, rate(
+                    report['email_opened'], report['record_count']))
+            self.assertEqual(each.email_click_rate, rate(
+                    report['email_clicked'], report['record_count']))
+            self.assertEqual(each.email_click_through_rate, rate(
+                    report['email_clicked'], report['email_opened']))
+        self.assertEqual(
+            sum(Activity(a).email_bounced for a in [activity, second]), 2)
