@@ -7,14 +7,12 @@ from sql import Null
 from trytond.model import fields
 from trytond.pool import Pool, PoolMeta
 from trytond.pyson import PYSONDecoder
-from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
 from .batch import batch_size
 from .exceptions import GoalError
 from .marketing_automation import current_time
 from .mixin import by_company, company_context
-from .states import forget
 
 
 class Scenario(metaclass=PoolMeta):
@@ -96,24 +94,16 @@ class Record(metaclass=PoolMeta):
         help="When the record met the goal of the scenario.")
 
     @classmethod
-    def convert(cls, record_ids):
-        """Mark the records as converted now and cancel their waiting
-        activities"""
+    def convert(cls, records):
+        """Mark the records not yet converted as converted now and cancel
+        their waiting activities"""
         pool = Pool()
         RecordActivity = pool.get('marketing.automation.record.activity')
-        if not record_ids:
+        records = [r for r in cls.browse(records) if not r.converted]
+        if not records:
             return
-        table = cls.__table__()
-        transaction = Transaction()
-        cursor = transaction.connection.cursor()
-        now = current_time()
-        cursor.execute(*table.update(
-                [table.converted, table.write_uid, table.write_date],
-                [now, transaction.user, now],
-                where=reduce_ids(table.id, record_ids)
-                & (table.converted == Null)))
-        RecordActivity.cancel_waiting(record_ids)
-        forget(cls.__name__, record_ids)
+        cls.write(records, {'converted': current_time()})
+        RecordActivity.cancel_waiting(records)
 
     @classmethod
     def copy(cls, records, default=None):

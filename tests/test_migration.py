@@ -3,8 +3,8 @@
 """A site swaps this module in for Tryton's own marketing_automation 8.0
 
 The fixtures are databases made and used by that module. Each one is
-updated as trytond-admin -u marketing_automation does, then its data, its waiting work and the
-links of the emails already sent are checked."""
+updated as trytond-admin -u marketing_automation does, then its data, its
+waiting work and the links of the emails already sent are checked."""
 import datetime as dt
 import gzip
 import json
