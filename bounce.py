@@ -131,16 +131,17 @@ def _email(table, addresses):
 
 
 def flag_emails(email_ids, name):
-    "Set the flag name on the record activities of the emails"
+    """Set the flag name on the record activities of the emails that do not
+    have it yet"""
     pool = Pool()
     Email = pool.get('ir.email')
     RecordActivity = pool.get('marketing.automation.record.activity')
-    email = Email.__table__()
-    cursor = Transaction().connection.cursor()
-    cursor.execute(*email.select(email.marketing_automation_record_activity,
-            where=email.id.in_(list(email_ids))
-            & (email.marketing_automation_record_activity != Null)))
-    RecordActivity.flag([i for i, in cursor], name)
+    emails = Email.read(
+        list(email_ids), ['marketing_automation_record_activity'])
+    RecordActivity.set_email_flags(RecordActivity.browse([
+                e['marketing_automation_record_activity'] for e in emails
+                if e['marketing_automation_record_activity'] is not None]),
+        name)
 
 
 def bounced(addresses, reason):

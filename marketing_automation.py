@@ -726,24 +726,13 @@ class Record(ModelSQL, ModelView):
             Party.write(*to_write)
 
     @classmethod
-    def convert(cls, record_ids):
-        """Mark the records as converted now and cancel their waiting
-        activities"""
-        # states imports this module: imported here until the conversion
-        # writes through the ORM and needs no forget
-        from .states import forget
+    def convert(cls, records):
+        """Mark the records not yet converted as converted now and cancel
+        their waiting activities"""
         pool = Pool()
         RecordActivity = pool.get('marketing.automation.record.activity')
-        if not record_ids:
+        records = [r for r in cls.browse(records) if not r.converted]
+        if not records:
             return
-        table = cls.__table__()
-        transaction = Transaction()
-        cursor = transaction.connection.cursor()
-        now = current_time()
-        cursor.execute(*table.update(
-                [table.converted, table.write_uid, table.write_date],
-                [now, transaction.user, now],
-                where=reduce_ids(table.id, record_ids)
-                & (table.converted == Null)))
-        RecordActivity.cancel_waiting(record_ids)
-        forget(cls.__name__, record_ids)
+        cls.write(records, {'converted': current_time()})
+        RecordActivity.cancel_waiting(records)

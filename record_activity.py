@@ -14,16 +14,16 @@ from trytond.transaction import Transaction
 
 from . import deferral, tree
 from .batch import batch_size, sliced
-from .events import EmailEvents
 from .marketing_automation import current_time
 from .mixin import companies, company_context
 from .outbox import EmailDelivery
-from .states import Transitions
 
 
-class RecordActivity(
-        Transitions, EmailEvents, EmailDelivery, Workflow, ModelSQL,
-        ModelView):
+class RecordActivity(EmailDelivery, Workflow, ModelSQL, ModelView):
+    """The state of one record for one activity
+
+    Its state, its date and its flags change through the transitions and
+    the events below, on lists of record activities."""
     __name__ = 'marketing.automation.record.activity'
     _email_states = {
         'invisible': Eval('activity_action') != 'send_email',
@@ -31,19 +31,19 @@ class RecordActivity(
 
     record = fields.Many2One(
         'marketing.automation.record', "Record",
-        required=True, ondelete='CASCADE')
+        required=True, readonly=True, ondelete='CASCADE')
     activity = fields.Many2One(
         'marketing.automation.activity', "Activity",
-        required=True, ondelete='CASCADE')
+        required=True, readonly=True, ondelete='CASCADE')
     activity_action = fields.Function(
         fields.Selection('get_activity_actions', "Activity Action"),
         'on_change_with_activity_action')
-    at = fields.DateTime("At")
+    at = fields.DateTime("At", readonly=True)
     email_opened = fields.Boolean(
-        "Email Opened",
+        "Email Opened", readonly=True,
         states=_email_states)
     email_clicked = fields.Boolean(
-        "Email Clicked",
+        "Email Clicked", readonly=True,
         states=_email_states)
     email_opened_machine = fields.Boolean(
         "Email Opened by Machine", readonly=True,
@@ -113,11 +113,38 @@ class RecordActivity(
             ('waiting', 'failed'),
             ('done', 'failed'),
             }
+        cls._buttons.update({
+                'on_email_opened': {
+                    'invisible': ((Eval('state') != 'done')
+                        | Eval('email_opened', True)
+                        | (Eval('activity_action') != 'send_email')),
+                    'depends': ['state', 'email_opened', 'activity_action'],
+                    },
+                'on_email_clicked': {
+                    'invisible': ((Eval('state') != 'done')
+                        | Eval('email_clicked', True)
+                        | (Eval('activity_action') != 'send_email')),
+                    'depends': ['state', 'email_clicked', 'activity_action'],
+                    },
+                })
 
     @classmethod
     def __register__(cls, module):
         super().__register__(module)
         Pool().get('ir.email').marketing_automation_link_record_activities()
+
+    @classmethod
+    def write(cls, *args):
+        # A transition writes its state with its other values, which leaves
+        # the write of Workflow.transition empty: ModelSQL would still run
+        # three statements for it
+        actions = iter(args)
+        args = []
+        for record_activities, values in zip(actions, actions):
+            if record_activities:
+                args.extend((record_activities, values))
+        if args:
+            super().write(*args)
 
     @classmethod
     def default_state(cls):
@@ -189,34 +216,20 @@ class RecordActivity(
     @classmethod
     def due(cls):
         "Yield by batches the due record activities of running scenarios"
-        pool = Pool()
-        Record = pool.get('marketing.automation.record')
-        Scenario = pool.get('marketing.automation.scenario')
-        record_activity = cls.__table__()
-        record = Record.__table__()
-        scenario = Scenario.__table__()
-        cursor = Transaction().connection.cursor()
         now = current_time()
-
         last = 0
         while True:
-            cursor.execute(*record_activity
-                .join(record, condition=record_activity.record == record.id)
-                .join(scenario, condition=record.scenario == scenario.id)
-                .select(record_activity.id,
-                    where=(record_activity.state == 'waiting')
-                    & (record_activity.at != Null)
-                    & (record_activity.at <= now)
-                    & (record_activity.id > last)
-                    & (record.blocked == Literal(False))
-                    & (scenario.state == 'running'),
-                    order_by=[record_activity.id.asc],
-                    limit=batch_size()))
-            ids = [i for i, in cursor]
-            if not ids:
+            record_activities = cls.search([
+                    ('state', '=', 'waiting'),
+                    ('at', '<=', now),
+                    ('id', '>', last),
+                    ('record.blocked', '=', False),
+                    ('record.scenario.state', '=', 'running'),
+                    ], order=[('id', 'ASC')], limit=batch_size())
+            if not record_activities:
                 break
-            last = ids[-1]
-            yield cls.browse(ids)
+            last = record_activities[-1].id
+            yield record_activities
 
     @classmethod
     def run(cls, record_activities):
@@ -261,6 +274,154 @@ class RecordActivity(
         tree.schedule_children(done, now)
         tree.cancel_siblings(done)
 
+    @classmethod
+    @Workflow.transition('done')
+    def do(cls, record_activities, at=None):
+        "The activity ran for these records"
+        if record_activities:
+            cls.write(record_activities, {
+                    'state': 'done',
+                    'at': at or current_time(),
+                    'deferred': None,
+                    })
+
+    @classmethod
+    @Workflow.transition('cancelled')
+    def cancel(cls, record_activities, at=None):
+        "The activity will not run for these records"
+        if record_activities:
+            values = {'state': 'cancelled'}
+            if at is not None:
+                values['at'] = at
+            cls.write(record_activities, values)
+
+    @classmethod
+    @Workflow.transition('failed')
+    def fail(cls, record_activities, error, at=None):
+        """The activity could not run, or its email could not be delivered:
+        what follows it will not run either"""
+        if not record_activities:
+            return
+        values = {'state': 'failed', 'error': error}
+        if at is not None:
+            values['at'] = at
+        cls.write(record_activities, values)
+        by_activity = defaultdict(list)
+        for record_activity in record_activities:
+            by_activity[record_activity.activity].append(
+                record_activity.record)
+        for activity, records in by_activity.items():
+            if activity.children:
+                cls.cancel_waiting(records, activity.children)
+
+    @classmethod
+    def defer(cls, deferred):
+        """Keep waiting the record activities of deferred, a mapping to the
+        reason and the date until which each one waits"""
+        by_reason = defaultdict(list)
+        for record_activity, reason_at in deferred.items():
+            by_reason[reason_at].append(record_activity)
+        to_write = []
+        for (reason, at), record_activities in by_reason.items():
+            to_write.extend((record_activities, {
+                        'deferred': reason,
+                        'at': at,
+                        }))
+        if to_write:
+            cls.write(*to_write)
+
+    @classmethod
+    def cancel_waiting(cls, records, activities=None):
+        """Cancel the waiting record activities of the records, only those
+        of activities when given"""
+        if not records:
+            return
+        domain = [
+            ('record', 'in', sorted(map(int, records))),
+            ('state', '=', 'waiting'),
+            ]
+        if activities is not None:
+            domain.append(('activity', 'in', sorted(map(int, activities))))
+        cls.cancel(cls.search(domain, order=[]))
+
+    @classmethod
+    @ModelView.button
+    def on_email_opened(cls, record_activities, at=None):
+        "Record that the email was opened and move the tree on"
+        cls.record_email_events(
+            cls._events(record_activities), opened=True, at=at)
+
+    @classmethod
+    @ModelView.button
+    def on_email_clicked(cls, record_activities, at=None):
+        "Record that a link was clicked; a click implies an open"
+        cls.record_email_events(
+            cls._events(record_activities), opened=True, clicked=True,
+            at=at)
+
+    @classmethod
+    def _events(cls, record_activities):
+        return [tree.Event(ra.id, ra.activity.id, ra.record.id,
+                ra.email_opened, ra.email_clicked)
+            for ra in record_activities if ra.state == 'done']
+
+    @classmethod
+    def record_email_events(
+            cls, events, opened=False, clicked=False, at=None, route=False):
+        """Record the events on the record activities done that did not have
+        them, as tree.Event tuples, and move the tree on
+
+        route is for a tracked request: see set_email_flags."""
+        if at is None:
+            at = current_time()
+        changes = []
+        if opened:
+            changes.append(
+                ('email_opened', [e for e in events if not e.opened]))
+        if clicked:
+            changes.append(
+                ('email_clicked', [e for e in events if not e.clicked]))
+        # One write for the events that set the same flags
+        flags = defaultdict(list)
+        for event in events:
+            names = tuple(n for n, h in changes if event in h)
+            if names:
+                flags[names].append(event.id)
+        for names, ids in flags.items():
+            cls.set_email_flags(cls.browse(ids), *names, route=route)
+        for name, happened in changes:
+            if happened:
+                tree.move_on(happened, name, at, route=route)
+
+    @classmethod
+    def on_event(cls, record_activities, event, at=None):
+        """Move the tree on after event of the action of the record
+        activities done, for actions other than send_email: the children
+        that wait for it become due and their negative siblings are
+        cancelled; a repeat changes nothing"""
+        if at is None:
+            at = current_time()
+        tree.move_on(cls._events(record_activities), event, at)
+
+    @classmethod
+    def set_email_flags(cls, record_activities, *names, route=False):
+        """Set the flags names on the record activities that miss one: an
+        open, a click, a machine open, a filtered event, a bounce or a
+        complaint
+
+        A tracked request (route) sets them with one statement, which the
+        ORM would make three; its transaction ends with the request, so no
+        cache can keep the old flags."""
+        if not record_activities:
+            return
+        if route:
+            _set_flags(cls, list(map(int, record_activities)), names)
+            return
+        record_activities = [ra for ra in record_activities
+            if not all(getattr(ra, n) for n in names)]
+        if record_activities:
+            cls.write(record_activities, dict.fromkeys(names, True))
+
 
 def _companies(record_activities):
     """Return the company of the record of each record activity, None for
@@ -280,6 +441,23 @@ def _companies(record_activities):
             of[resource.__name__].get(resource.id)
             if resource is not None and resource.id is not None else None)
     return result
+
+
+def _set_flags(RecordActivity, ids, names):
+    "Set the flags names on the record activities of ids that miss one"
+    table = RecordActivity.__table__()
+    transaction = Transaction()
+    cursor = transaction.connection.cursor()
+    columns = [getattr(table, n) for n in names]
+    unset = Literal(False)
+    for column in columns:
+        unset |= column == Literal(False)
+    for sub_ids in sliced(ids):
+        cursor.execute(*table.update(
+                columns + [table.write_uid, table.write_date],
+                [Literal(True)] * len(columns)
+                + [transaction.user, current_time()],
+                where=reduce_ids(table.id, sub_ids) & unset))
 
 
 def _lock_waiting(RecordActivity, record_activities):

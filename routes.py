@@ -102,14 +102,17 @@ def email_open(request, pool, token):
         who = scanner.classify(request)
         if who == scanner.PERSON:
             if not tracked.opened:
-                RecordActivity.record_events(
-                    [_event(tracked)], opened=True)
+                RecordActivity.record_email_events(
+                    [_event(tracked)], opened=True, route=True)
         elif who == scanner.MACHINE:
             if not tracked.opened_machine:
-                RecordActivity.flag(
-                    [tracked.record_activity], 'email_opened_machine')
+                RecordActivity.set_email_flags(
+                    [RecordActivity(tracked.record_activity)],
+                    'email_opened_machine', route=True)
         elif not tracked.filtered:
-            RecordActivity.flag([tracked.record_activity], 'email_filtered')
+            RecordActivity.set_email_flags(
+                [RecordActivity(tracked.record_activity)], 'email_filtered',
+                route=True)
     return pixel()
 
 
@@ -149,10 +152,12 @@ def email_click(request, pool, token, key):
             or current_time() < tracked.sent_at + click_delay())
         if scanner.classify(request) == scanner.PERSON and not early:
             if not tracked.clicked:
-                RecordActivity.record_events(
-                    [_event(tracked)], opened=True, clicked=True)
+                RecordActivity.record_email_events(
+                    [_event(tracked)], opened=True, clicked=True, route=True)
         elif not tracked.filtered:
-            RecordActivity.flag([tracked.record_activity], 'email_filtered')
+            RecordActivity.set_email_flags(
+                [RecordActivity(tracked.record_activity)], 'email_filtered',
+                route=True)
     # Every caller is sent on, only the counting differs
     return redirect(target, code=HTTPStatus.FOUND)
 

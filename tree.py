@@ -112,15 +112,14 @@ def cancel_siblings(record_activities):
             RecordActivity.cancel_waiting(record_ids, siblings)
 
 
-def move_on(events, event, at):
+def move_on(events, event, at, route=False):
     """Make the children waiting for event due and cancel their negative
-    siblings"""
+    siblings
+
+    route is for a tracked request: see _move_on_at_once."""
     pool = Pool()
     Activity = pool.get('marketing.automation.activity')
     RecordActivity = pool.get('marketing.automation.record.activity')
-    table = _table()
-    transaction = Transaction()
-    cursor = transaction.connection.cursor()
     positives, negatives = defaultdict(set), defaultdict(set)
     for happened in events:
         for child in Activity.children_events(happened.activity):
@@ -130,8 +129,43 @@ def move_on(events, event, at):
                 negatives[child.id].add(happened.record)
             else:
                 positives[child].add(happened.record)
-    for child, record_ids in positives.items():
+    if route:
+        _move_on_at_once(positives, negatives, at)
+        return
+    if positives:
+        waiting = RecordActivity.search([
+                ('state', '=', 'waiting'),
+                ('at', '=', None),
+                ['OR'] + [[
+                        ('activity', '=', child.id),
+                        ('record', 'in', sorted(record_ids)),
+                        ] for child, record_ids in positives.items()],
+                ], order=[])
+        delays = {child.id: child.delay for child in positives}
+        due = defaultdict(list)
+        for record_activity in waiting:
+            delay = delays[record_activity.activity.id]
+            due[at + dt.timedelta(seconds=delay)].append(record_activity)
         # Their date is all that changes: no transition
+        to_write = []
+        for child_at, record_activities in due.items():
+            to_write.extend((record_activities, {'at': child_at}))
+        if to_write:
+            RecordActivity.write(*to_write)
+    for child_id, record_ids in negatives.items():
+        RecordActivity.cancel_waiting(record_ids, [child_id])
+
+
+def _move_on_at_once(positives, negatives, at):
+    """Move the tree on with one statement by child, for a tracked request
+
+    The ORM would search and read before each write, and a tracked request
+    must stay fast; its transaction ends with the request, so no cache can
+    keep the old rows."""
+    table = _table()
+    transaction = Transaction()
+    cursor = transaction.connection.cursor()
+    for child, record_ids in positives.items():
         for sub_ids in sliced(sorted(record_ids)):
             cursor.execute(*table.update(
                     [table.at, table.write_uid, table.write_date],
@@ -142,6 +176,10 @@ def move_on(events, event, at):
                     & (table.state == 'waiting')
                     & (table.at == Null)))
     for child_id, record_ids in negatives.items():
-        RecordActivity.cancel_waiting(sorted(record_ids), [child_id])
-    if positives:
-        RecordActivity.forget()
+        for sub_ids in sliced(sorted(record_ids)):
+            cursor.execute(*table.update(
+                    [table.state, table.write_uid, table.write_date],
+                    ['cancelled', transaction.user, at],
+                    where=reduce_ids(table.record, sub_ids)
+                    & (table.activity == child_id)
+                    & (table.state == 'waiting')))

@@ -146,9 +146,10 @@ class ClientTestCase(DatabaseTestCase):
         activity, = scenario.activities
         record_activities = RecordActivity.search([
                 ('activity', '=', activity.id)], order=[('id', 'ASC')])
-        RecordActivity.flag([record_activities[0].id], 'email_filtered')
-        RecordActivity.flag(
-            [r.id for r in record_activities[:2]], 'email_opened_machine')
+        RecordActivity.set_email_flags(
+            record_activities[:1], 'email_filtered')
+        RecordActivity.set_email_flags(
+            record_activities[:2], 'email_opened_machine')
         activity = Activity(activity.id)
         self.assertEqual(activity.email_filtered, 1)
         self.assertEqual(activity.email_opened_machine, 2)

@@ -124,8 +124,8 @@ class ExtensionTestCase(DatabaseTestCase):
 
         # The first voucher replies, twice
         replied = [t.record_activity for t in texts[:1]]
-        RecordActivity.event_happened(replied, 'text_replied')
-        RecordActivity.event_happened(replied, 'text_replied')
+        RecordActivity.on_event(replied, 'text_replied')
+        RecordActivity.on_event(replied, 'text_replied')
         with smtp_server() as sink:
             RecordActivity.process()
         message, = sink.messages

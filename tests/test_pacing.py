@@ -160,12 +160,9 @@ def age_emails(days):
 def make_due(record_activities):
     pool = Pool()
     RecordActivity = pool.get('marketing.automation.record.activity')
-    table = RecordActivity.__table__()
-    cursor = Transaction().connection.cursor()
-    cursor.execute(*table.update(
-            [table.at], [dt.datetime.now() - dt.timedelta(minutes=1)],
-            where=table.id.in_([r.id for r in record_activities])))
-    RecordActivity.forget()
+    RecordActivity.write(list(record_activities), {
+            'at': dt.datetime.now() - dt.timedelta(minutes=1),
+            })
 
 
 def process(scenarios):
