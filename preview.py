@@ -106,9 +106,9 @@ def test_addresses(text):
 
 def send_test(activity, resource, addresses):
     """Send the email of activity for resource to each address as a test,
-    now, and return the ir.email of each
+    once the transaction commits, and return the ir.email of each
 
-    What cannot be sent now stays in the outbox for the next attempts."""
+    What cannot be sent then stays in the outbox for the next attempts."""
     pool = Pool()
     Email = pool.get('ir.email')
     rows = []
@@ -125,7 +125,7 @@ def send_test(activity, resource, addresses):
                 'marketing_automation_test': True,
                 'marketing_automation_message': email_.as_text(message),
                 })
-    return Email.browse(Email.marketing_automation_send_now(rows))
+    return Email.browse(Email.marketing_automation_send_on_commit(rows))
 
 
 def sent_text(emails):
@@ -135,6 +135,10 @@ def sent_text(emails):
         if email.marketing_automation_status == 'sent':
             lines.append(gettext(
                     'marketing_automation.msg_test_sent',
+                    address=email.recipients))
+        elif email.marketing_automation_status == 'sending':
+            lines.append(gettext(
+                    'marketing_automation.msg_test_sending',
                     address=email.recipients))
         else:
             lines.append(gettext(
