@@ -4,6 +4,7 @@
 nothing more is sent to it"""
 from sql import Null
 
+from trytond.i18n import gettext
 from trytond.model import fields
 from trytond.pool import Pool, PoolMeta
 from trytond.pyson import PYSONDecoder
@@ -15,6 +16,13 @@ from .exceptions import GoalError
 from .marketing_automation import current_time
 from .mixin import by_company, company_context
 from .states import forget
+
+
+def invalid_goal(scenario, exception):
+    "Return the error of the goal of scenario that fails"
+    return GoalError(gettext(
+            'marketing_automation.msg_scenario_invalid_goal',
+            scenario=scenario.rec_name, exception=exception))
 
 
 class Scenario(metaclass=PoolMeta):
@@ -29,8 +37,7 @@ class Scenario(metaclass=PoolMeta):
     @classmethod
     def __setup__(cls):
         super().__setup__()
-        cls._domains['goal'] = (
-            GoalError, 'marketing_automation.msg_scenario_invalid_goal')
+        cls._domains['goal'] = invalid_goal
 
     @property
     def pyson_goal(self):

@@ -15,6 +15,7 @@ from trytond.i18n import gettext
 from trytond.model import ModelView, fields
 from trytond.pool import Pool
 from trytond.pyson import Bool, Eval
+from trytond.tools.email_ import EmailNotValidError, validate_email
 from trytond.transaction import Transaction
 from trytond.wizard import Button, StateTransition, StateView, Wizard
 
@@ -89,9 +90,12 @@ def test_addresses(text):
         if not value:
             continue
         try:
+            value = validate_email(value)
             address = Address(addr_spec=value)
-        except (HeaderParseError, ValueError, IndexError):
+        except (EmailNotValidError, HeaderParseError, ValueError,
+                IndexError):
             address = None
+        # validate_email lets anything through without email_validator
         if (address is None or not address.username
                 or '.' not in address.domain):
             raise TestAddressError(gettext(
