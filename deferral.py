@@ -144,7 +144,7 @@ class PartyCap(ModelSQL):
     def __register__(cls, module):
         table = cls.__table__()
         cursor = Transaction().connection.cursor()
-        rows = rows_of_table_without_model(cls, [table.party])
+        rows = rows_of_table_without_model(cls, table, [table.party])
         super().__register__(module)
         for sub_rows in sliced_rows(rows, 1):
             cursor.execute(*table.insert([table.party], list(sub_rows)))

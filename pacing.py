@@ -112,7 +112,7 @@ class Pace(ModelSQL):
         cursor = Transaction().connection.cursor()
         columns = [table.id, table.next_send, table.backoff,
             table.backoff_until]
-        rows = rows_of_table_without_model(cls, columns)
+        rows = rows_of_table_without_model(cls, table, columns)
         super().__register__(module)
         cursor.execute(*table.select(table.id, where=table.id == 1))
         if not cursor.fetchone():
@@ -120,9 +120,10 @@ class Pace(ModelSQL):
                     columns, rows or [[1, 0., 0., 0.]]))
 
 
-def rows_of_table_without_model(Model, columns):
-    """Return the rows of columns of the table of Model when it was created
-    before Model, without a model, and drop it for Model to create it"""
+def rows_of_table_without_model(Model, table, columns):
+    """Return the rows of columns of table, the table of Model, when it was
+    created before Model, without a model, and drop it for Model to create
+    it"""
     pool = Pool()
     IrModel = pool.get('ir.model')
     ir_model = IrModel.__table__()
@@ -131,10 +132,10 @@ def rows_of_table_without_model(Model, columns):
     if not TableHandler.table_exist(Model._table):
         return []
     cursor.execute(*ir_model.select(
-            ir_model.id, where=ir_model.model == Model.__name__))
+            ir_model.id, where=ir_model.name == Model.__name__))
     if cursor.fetchone():
         return []
-    cursor.execute(*Model.__table__().select(*columns))
+    cursor.execute(*table.select(*columns))
     rows = [list(r) for r in cursor]
     TableHandler.drop_table(Model.__name__, Model._table)
     return rows
