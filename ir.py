@@ -1,6 +1,9 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
-
+"""The extensions of trytond's ir models: the scheduled tasks, the relate
+actions, and ir.email, the archive of sent emails that is also the outbox
+(delivered by outbox.py) and takes the bounces and complaints of the
+inbound_email module (read by feedback.py)"""
 from sql import Null
 
 import trytond.config as config

@@ -5,7 +5,10 @@
 An email is claimed, sent, then marked as sent in its own commit. So a crash
 can only send again the email that was in the SMTP transaction. The outbox
 tells the record activities of the emails it gives up, once, through their
-transition."""
+transition.
+
+Only the delivery task commits. The test emails of a wizard are claimed in
+its transaction and sent once trytond commits it (SendOnCommit)."""
 import datetime as dt
 import logging
 import smtplib
