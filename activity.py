@@ -375,10 +375,7 @@ class Activity(ModelSQL, ModelView):
                 # Genshi raises a bare Exception for some syntax it cannot
                 # handle
                 except Exception as e:
-                    raise TemplateError(gettext(
-                            'marketing_automation.msg_activity_invalid_'
-                            + name, activity=activity.rec_name,
-                            exception=e)) from e
+                    raise template_error(name, activity, e) from e
 
     def filter_due(self, record_activities):
         """Return those of record_activities for which the condition holds,
@@ -410,6 +407,19 @@ class Activity(ModelSQL, ModelView):
         Return the error of each record activity whose email could not be
         composed."""
         return email_.compose(self, record_activities)
+
+
+def template_error(name, activity, exception):
+    "Return the error of the text of field name of activity that fails"
+    if name == 'email_title':
+        message = gettext(
+            'marketing_automation.msg_activity_invalid_email_title',
+            activity=activity.rec_name, exception=exception)
+    else:
+        message = gettext(
+            'marketing_automation.msg_activity_invalid_email_template',
+            activity=activity.rec_name, exception=exception)
+    return TemplateError(message)
 
 
 def delay_text(delay, locale):

@@ -93,6 +93,11 @@ class ContactMechanism(metaclass=PoolMeta):
     def default_marketing_soft_bounces(cls):
         return 0
 
+    @property
+    def marketing_usable(self):
+        "The usage of the addresses that marketing emails may go to"
+        return bool(self.value) and not self.marketing_bounced
+
     @classmethod
     def write(cls, *args):
         # Someone who edits the address vouches for it again
@@ -114,10 +119,10 @@ class ContactMechanism(metaclass=PoolMeta):
 
 def usable_email(party):
     "Return the first email contact mechanism of party that did not bounce"
-    for mechanism in party.contact_mechanisms:
-        if (mechanism.type == 'email' and mechanism.value
-                and not mechanism.marketing_bounced):
-            return mechanism
+    mechanism = party.contact_mechanism_get('email', usage='marketing_usable')
+    # Without a usable one, party's rule falls back on the first email
+    if mechanism is not None and mechanism.marketing_usable:
+        return mechanism
 
 
 def _table():

@@ -5,25 +5,24 @@ and the frequency cap of its party"""
 import datetime as dt
 from collections import defaultdict, namedtuple
 
-from sql import Literal, Null
+from sql import Literal
 from sql.conditionals import Coalesce
 
 from trytond import backend
-from trytond.model import Index, fields
-from trytond.pool import Pool, PoolMeta
+from trytond.model import ModelSQL, Unique, fields
+from trytond.pool import Pool
 from trytond.tools import reduce_ids
 from trytond.tools import timezone as tz
 from trytond.transaction import Transaction
 
-from .batch import sliced
+from .batch import sliced, sliced_rows
+from .pacing import rows_of_table_without_model
 
 TIMEZONES = [(None, "")] + sorted((z, z) for z in tz.available_timezones())
 WEEKDAYS = [
     ('0', "Monday"), ('1', "Tuesday"), ('2', "Wednesday"), ('3', "Thursday"),
     ('4', "Friday"), ('5', "Saturday"), ('6', "Sunday"),
     ]
-# The rows that serialise the cap of each party
-CAP_TABLE = 'marketing_automation_party_cap'
 
 
 class Window(namedtuple('Window', ['weekdays', 'start', 'end'])):
@@ -62,30 +61,31 @@ class Window(namedtuple('Window', ['weekdays', 'start', 'end'])):
         return min(openings)
 
 
-class Email(metaclass=PoolMeta):
-    __name__ = 'ir.email'
+class PartyCap(ModelSQL):
+    """The row of a party that the runs composing for it write first, so
+    that they count its emails one after the other (_lock)"""
+    __name__ = 'marketing.automation.party.cap'
 
-    marketing_automation_party = fields.Many2One(
-        'party.party', "Marketing Party", readonly=True,
-        ondelete='SET NULL')
+    party = fields.Many2One(
+        'party.party', "Party", required=True, ondelete='CASCADE')
 
     @classmethod
     def __setup__(cls):
         super().__setup__()
         t = cls.__table__()
-        # The frequency cap counts the emails of a party
-        cls._sql_indexes.add(Index(
-                t, (t.marketing_automation_party, Index.Range()),
-                where=t.marketing_automation_party != Null))
+        cls._sql_constraints = [
+            ('party_unique', Unique(t, t.party),
+                'marketing_automation.msg_party_cap_unique'),
+            ]
 
     @classmethod
     def __register__(cls, module):
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        rows = rows_of_table_without_model(cls, table, [table.party])
         super().__register__(module)
-        if backend.name == 'postgresql':
-            cursor = Transaction().connection.cursor()
-            cursor.execute(
-                'CREATE TABLE IF NOT EXISTS "%s" '
-                '(party INTEGER PRIMARY KEY)' % CAP_TABLE)
+        for sub_rows in sliced_rows(rows, 1):
+            cursor.execute(*table.insert([table.party], list(sub_rows)))
 
 
 def hold_back(activity, record_activities, now):
@@ -183,16 +183,17 @@ def _lock(party_ids):
     SQLite has one writer: a concurrent run fails to write and retries."""
     if backend.name != 'postgresql':
         return
+    table = Pool().get('marketing.automation.party.cap')._table
     cursor = Transaction().connection.cursor()
     for sub_ids in sliced(party_ids):
         sub_ids = list(sub_ids)
         cursor.execute(
             'INSERT INTO "%s" (party) SELECT UNNEST(%%s::integer[]) '
-            'ON CONFLICT DO NOTHING' % CAP_TABLE, (sub_ids,))
+            'ON CONFLICT DO NOTHING' % table, (sub_ids,))
         cursor.execute(
             'UPDATE "%(table)s" SET party = party WHERE party IN '
             '(SELECT party FROM "%(table)s" WHERE party = ANY(%%s) '
-            'ORDER BY party FOR UPDATE)' % {'table': CAP_TABLE},
+            'ORDER BY party FOR UPDATE)' % {'table': table},
             (sub_ids,))
 
 

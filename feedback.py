@@ -21,7 +21,6 @@ from email.parser import BytesParser, HeaderParser
 from email.policy import default as default_policy
 from email.utils import getaddresses
 
-from trytond.i18n import gettext
 from trytond.model import fields
 from trytond.pool import Pool, PoolMeta
 
@@ -98,41 +97,8 @@ def _delivery(part, tokens):
     return Report('delay', tokens, [], '')
 
 
-class Email(metaclass=PoolMeta):
-    __name__ = 'ir.email'
-
-    @classmethod
-    def marketing_automation_feedback(cls, inbound_email, rule):
-        """Act on the bounce or the complaint of inbound_email and return
-        the email it is about, noting on it what was done or why nothing"""
-        def note(message, **values):
-            inbound_email.marketing_automation_feedback = gettext(
-                'marketing_automation.' + message, **values)
-        try:
-            report = parse(inbound_email.data)
-        except Exception as exception:
-            note('msg_feedback_not_report', exception=exception)
-            return
-        emails = cls.search([
-                ('marketing_automation_token', 'in', sorted(report.tokens)),
-                ('marketing_automation_record', '!=', None),
-                ], limit=1) if report.tokens else []
-        if not emails:
-            note('msg_feedback_unknown')
-            return
-        email, = emails
-        if report.kind == 'bounce':
-            _bounced(email, report)
-            note('msg_feedback_bounced', reason=report.reason)
-        elif report.kind == 'complaint':
-            _complained(email)
-            note('msg_feedback_complained', reason=report.reason)
-        else:
-            note('msg_feedback_delay')
-        return email
-
-
-def _bounced(email, report):
+def bounced(email, report):
+    "Mark the failed addresses bounced and block the record of email"
     pool = Pool()
     Record = pool.get('marketing.automation.record')
     bounce.bounced(report.failed, report.reason)
@@ -140,7 +106,8 @@ def _bounced(email, report):
     Record.block([email.marketing_automation_record])
 
 
-def _complained(email):
+def complained(email):
+    "Block the record of email and unsubscribe its party for good"
     pool = Pool()
     Party = pool.get('party.party')
     Record = pool.get('marketing.automation.record')

@@ -1,7 +1,23 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
+"""The extensions of trytond's ir models: the scheduled tasks, the relate
+actions, and ir.email, the archive of sent emails that is also the outbox
+(delivered by outbox.py) and takes the bounces and complaints of the
+inbound_email module (read by feedback.py)"""
+from sql import Null
 
+import trytond.config as config
+from trytond.i18n import gettext
+from trytond.model import Index, fields
 from trytond.pool import Pool, PoolMeta
+from trytond.pyson import Bool, Eval
+from trytond.tools import reduce_ids
+from trytond.transaction import Transaction
+
+from . import feedback, outbox
+from .batch import sliced, sliced_rows
+from .email_ import html_to_text
+from .marketing_automation import current_time
 
 
 class Cron(metaclass=PoolMeta):
@@ -40,3 +56,235 @@ _RELATED_EMAILS = {
     'marketing.automation.activity',
     'marketing.automation.record',
     }
+
+
+class Email(metaclass=PoolMeta):
+    __name__ = 'ir.email'
+
+    marketing_automation_activity = fields.Many2One(
+        'marketing.automation.activity', "Marketing Activity",
+        readonly=True)
+    marketing_automation_record = fields.Many2One(
+        'marketing.automation.record', "Marketing Record", readonly=True)
+    marketing_automation_record_activity = fields.Many2One(
+        'marketing.automation.record.activity', "Marketing Record Activity",
+        readonly=True, ondelete='SET NULL')
+    marketing_automation_token = fields.Char(
+        "Marketing Token", readonly=True, strip=False)
+    marketing_automation_links = fields.Text(
+        "Marketing Links", readonly=True)
+    marketing_automation_message = fields.Text(
+        "Marketing Message", readonly=True)
+    marketing_automation_status = fields.Selection([
+            (None, ""),
+            ('pending', "Pending"),
+            ('sending', "Sending"),
+            ('sent', "Sent"),
+            ('failed', "Failed"),
+            ], "Marketing Status", readonly=True,
+        states={
+            'invisible': ~Eval('marketing_automation_status'),
+            })
+    marketing_automation_attempts = fields.Integer(
+        "Marketing Attempts", readonly=True)
+    marketing_automation_error = fields.Text(
+        "Marketing Error", readonly=True)
+    marketing_automation_next_try = fields.DateTime(
+        "Marketing Next Try", readonly=True)
+    marketing_automation_sent_at = fields.DateTime(
+        "Marketing Sent At", readonly=True)
+    marketing_automation_claim = fields.Char(
+        "Marketing Claim", readonly=True, strip=False)
+    marketing_automation_party = fields.Many2One(
+        'party.party', "Marketing Party", readonly=True,
+        ondelete='SET NULL')
+    marketing_automation_test = fields.Boolean(
+        "Marketing Test", readonly=True,
+        help="A test email of a marketer: it tracks nothing and counts in "
+        "no statistic.")
+    marketing_automation_text = fields.Function(fields.Text(
+            "Plain Text",
+            states={
+                'invisible': ~Eval('marketing_automation_activity'),
+                }),
+        'get_marketing_automation_text')
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        # The HTML of a marketing email reads as one line in a text widget:
+        # its plain text is shown instead
+        cls.body.states = dict(cls.body.states)
+        cls.body.states['invisible'] = Bool(
+            Eval('marketing_automation_activity'))
+        t = cls.__table__()
+        cls._sql_indexes.update({
+                Index(t, (t.marketing_automation_token, Index.Equality()),
+                    where=t.marketing_automation_token != Null),
+                Index(t,
+                    (t.marketing_automation_status,
+                        Index.Equality(cardinality='low')),
+                    (t.marketing_automation_next_try, Index.Range()),
+                    where=t.marketing_automation_status.in_(
+                        ['pending', 'sending'])),
+                Index(t,
+                    (t.marketing_automation_record, Index.Range()),
+                    (t.marketing_automation_activity, Index.Range())),
+                Index(t,
+                    (t.marketing_automation_record_activity,
+                        Index.Range())),
+                Index(t, (t.marketing_automation_claim, Index.Equality()),
+                    where=t.marketing_automation_claim != Null),
+                # The frequency cap counts the emails of a party
+                Index(t, (t.marketing_automation_party, Index.Range()),
+                    where=t.marketing_automation_party != Null),
+                })
+
+    @classmethod
+    def marketing_automation_link_record_activities(cls):
+        """Link the emails of an earlier version to their record activity
+
+        The record activities call it once their table is complete."""
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        table = cls.__table__()
+        record_activity = RecordActivity.__table__()
+        cursor = Transaction().connection.cursor()
+        cursor.execute(*table.update(
+                [table.marketing_automation_record_activity],
+                [record_activity.id],
+                from_=[record_activity],
+                where=(record_activity.activity
+                    == table.marketing_automation_activity)
+                & (record_activity.record
+                    == table.marketing_automation_record)
+                & (table.marketing_automation_record_activity == Null)))
+
+    @classmethod
+    def view_attributes(cls):
+        return super().view_attributes() + [
+            ('/form/separator[@name="body"]', 'states', {
+                    'invisible': Bool(Eval('marketing_automation_activity')),
+                    }),
+            ]
+
+    def get_marketing_automation_text(self, name):
+        if self.marketing_automation_activity and self.body:
+            return html_to_text(self.body)
+
+    @classmethod
+    def marketing_automation_store(cls, rows):
+        """Put the composed emails in the outbox and have them sent
+
+        rows are dictionaries of the column values."""
+        if not rows:
+            return
+        table = cls.__table__()
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        names = sorted(rows[0])
+        columns = [getattr(table, n) for n in names] + [
+            table.create_uid, table.create_date,
+            table.marketing_automation_status,
+            table.marketing_automation_attempts]
+        now = current_time()
+        values = [[r[n] for n in names] + [
+                transaction.user, now, 'pending', 0] for r in rows]
+        # The ORM would insert them one by one on SQLite
+        for sub_values in sliced_rows(values, len(columns)):
+            cursor.execute(*table.insert(columns, list(sub_values)))
+        if config.getboolean('queue', 'worker', default=False):
+            cls.marketing_automation_send()
+
+    @classmethod
+    def marketing_automation_send_on_commit(cls, rows):
+        """Put the emails of rows in the outbox, to be sent once the
+        transaction commits; return their ids
+
+        For the test emails of a marketer: a wizard never commits. Those
+        that cannot be sent then stay in the outbox for the next
+        attempts."""
+        return outbox.claim_on_commit(rows)
+
+    @classmethod
+    def marketing_automation_send(cls):
+        "Send the outbox now, or ask a worker to when there are workers"
+        if config.getboolean('queue', 'worker', default=False):
+            emails = cls.search([
+                    ('marketing_automation_status', 'in',
+                        ['pending', 'sending']),
+                    ], limit=1)
+            if emails:
+                cls.__queue__.marketing_automation_deliver(emails)
+        else:
+            cls.marketing_automation_deliver()
+
+    @classmethod
+    def marketing_automation_deliver(cls, emails=None):
+        """Send the due emails of the outbox by claimed batches, committing
+        each claim and each email sent: a task of its own
+
+        emails only tells a worker that there is work."""
+        return outbox.deliver()
+
+    @classmethod
+    def marketing_automation_delivery(cls, record_activities, names):
+        "Return the delivery fields of the email of each record activity"
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        values = {n: {ra.id: None for ra in record_activities} for n in names}
+        for sub_ids in sliced(list(map(int, record_activities))):
+            cursor.execute(*table.select(
+                    table.marketing_automation_record_activity,
+                    table.marketing_automation_status,
+                    table.marketing_automation_attempts,
+                    table.marketing_automation_error,
+                    table.marketing_automation_next_try,
+                    where=reduce_ids(
+                        table.marketing_automation_record_activity, sub_ids)
+                    & (table.marketing_automation_status != Null)))
+            for record_activity, status, attempts, error, next_try in cursor:
+                row = {
+                    'email_status': status,
+                    'email_attempts': attempts,
+                    'email_error': error,
+                    'email_next_try': (
+                        next_try if status == 'pending' else None),
+                    }
+                for name in names:
+                    values[name][record_activity] = row[name]
+        return values
+
+    @classmethod
+    def marketing_automation_feedback(cls, inbound_email, rule):
+        """Act on the bounce or the complaint of inbound_email and return
+        the email it is about, noting on it what was done or why nothing
+
+        The action of the rules of the inbound_email module."""
+        def note(text):
+            inbound_email.marketing_automation_feedback = text
+        try:
+            report = feedback.parse(inbound_email.data)
+        except Exception as exception:
+            note(gettext('marketing_automation.msg_feedback_not_report',
+                    exception=exception))
+            return
+        emails = cls.search([
+                ('marketing_automation_token', 'in', sorted(report.tokens)),
+                ('marketing_automation_record', '!=', None),
+                ], limit=1) if report.tokens else []
+        if not emails:
+            note(gettext('marketing_automation.msg_feedback_unknown'))
+            return
+        email, = emails
+        if report.kind == 'bounce':
+            feedback.bounced(email, report)
+            note(gettext('marketing_automation.msg_feedback_bounced',
+                    reason=report.reason))
+        elif report.kind == 'complaint':
+            feedback.complained(email)
+            note(gettext('marketing_automation.msg_feedback_complained',
+                    reason=report.reason))
+        else:
+            note(gettext('marketing_automation.msg_feedback_delay'))
+        return email

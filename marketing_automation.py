@@ -41,10 +41,10 @@ def check_domain(model, text):
     Pool().get(model).search(domain, order=[], query=True)
 
 
-def check_domains(scenarios, name, error, message):
-    """Raise error with message for the first scenario whose field name is
-    set and is not a domain of its model (a required field is checked
-    apart)"""
+def check_domains(scenarios, name, refusal):
+    """Raise refusal(scenario, exception) for the first scenario whose field
+    name is set and is not a domain of its model (a required field is
+    checked apart)"""
     for scenario in scenarios:
         text = getattr(scenario, name)
         if not text:
@@ -52,9 +52,21 @@ def check_domains(scenarios, name, error, message):
         try:
             check_domain(scenario.model, text)
         except Exception as exception:
-            raise error(gettext(
-                    message, scenario=scenario.rec_name,
-                    exception=exception)) from exception
+            raise refusal(scenario, exception) from exception
+
+
+def invalid_domain(scenario, exception):
+    "Return the error of the domain of scenario that fails"
+    return DomainError(gettext(
+            'marketing_automation.msg_scenario_invalid_domain',
+            scenario=scenario.rec_name, exception=exception))
+
+
+def invalid_goal(scenario, exception):
+    "Return the error of the goal of scenario that fails"
+    return GoalError(gettext(
+            'marketing_automation.msg_scenario_invalid_goal',
+            scenario=scenario.rec_name, exception=exception))
 
 
 def new_token():
@@ -186,14 +198,11 @@ class Scenario(Workflow, ModelSQL, ModelView):
         cls._sql_indexes.add(
             Index(t, (t.state, Index.Equality(cardinality='low')),
                 where=t.state == 'running'))
-        # The fields that hold a domain of the records, with the error and
-        # the message that refuse an invalid one
+        # The fields that hold a domain of the records, with the function
+        # that returns the error refusing an invalid one
         cls._domains = {
-            'domain': (
-                DomainError,
-                'marketing_automation.msg_scenario_invalid_domain'),
-            'goal': (
-                GoalError, 'marketing_automation.msg_scenario_invalid_goal'),
+            'domain': invalid_domain,
+            'goal': invalid_goal,
             }
         cls._transitions |= {
             ('draft', 'running'),
@@ -345,8 +354,8 @@ class Scenario(Workflow, ModelSQL, ModelView):
         "Check the fields of _domains: domains of the records"
         if field_names and not (field_names & (set(cls._domains) | {'model'})):
             return
-        for name, (error, message) in cls._domains.items():
-            check_domains(scenarios, name, error, message)
+        for name, refusal in cls._domains.items():
+            check_domains(scenarios, name, refusal)
 
     @classmethod
     def check_window(cls, scenarios, field_names=None):

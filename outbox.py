@@ -5,7 +5,10 @@
 An email is claimed, sent, then marked as sent in its own commit. So a crash
 can only send again the email that was in the SMTP transaction. The outbox
 tells the record activities of the emails it gives up, once, through their
-transition."""
+transition.
+
+Only the delivery task commits. The test emails of a wizard are claimed in
+its transaction and sent once trytond commits it (SendOnCommit)."""
 import datetime as dt
 import logging
 import smtplib
@@ -19,16 +22,15 @@ from sql import Null
 import trytond.config as config
 from trytond import backend
 from trytond.i18n import gettext
-from trytond.model import Index, fields
-from trytond.pool import Pool, PoolMeta
-from trytond.pyson import Bool, Eval
+from trytond.model import fields
+from trytond.pool import Pool
+from trytond.pyson import Eval
 from trytond.sendmail import get_smtp_server
 from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
 from . import bounce, pacing
-from .batch import sliced, sliced_rows
-from .email_ import html_to_text
+from .batch import sliced
 from .marketing_automation import current_time, new_token
 
 logger = logging.getLogger(__name__)
@@ -71,229 +73,6 @@ class Unreachable(Exception):
     "The SMTP server cannot be reached"
 
 
-class Email(metaclass=PoolMeta):
-    __name__ = 'ir.email'
-
-    marketing_automation_activity = fields.Many2One(
-        'marketing.automation.activity', "Marketing Activity",
-        readonly=True)
-    marketing_automation_record = fields.Many2One(
-        'marketing.automation.record', "Marketing Record", readonly=True)
-    marketing_automation_record_activity = fields.Many2One(
-        'marketing.automation.record.activity', "Marketing Record Activity",
-        readonly=True, ondelete='SET NULL')
-    marketing_automation_token = fields.Char(
-        "Marketing Token", readonly=True, strip=False)
-    marketing_automation_links = fields.Text(
-        "Marketing Links", readonly=True)
-    marketing_automation_message = fields.Text(
-        "Marketing Message", readonly=True)
-    marketing_automation_status = fields.Selection([
-            (None, ""),
-            ('pending', "Pending"),
-            ('sending', "Sending"),
-            ('sent', "Sent"),
-            ('failed', "Failed"),
-            ], "Marketing Status", readonly=True,
-        states={
-            'invisible': ~Eval('marketing_automation_status'),
-            })
-    marketing_automation_attempts = fields.Integer(
-        "Marketing Attempts", readonly=True)
-    marketing_automation_error = fields.Text(
-        "Marketing Error", readonly=True)
-    marketing_automation_next_try = fields.DateTime(
-        "Marketing Next Try", readonly=True)
-    marketing_automation_sent_at = fields.DateTime(
-        "Marketing Sent At", readonly=True)
-    marketing_automation_claim = fields.Char(
-        "Marketing Claim", readonly=True, strip=False)
-    marketing_automation_test = fields.Boolean(
-        "Marketing Test", readonly=True,
-        help="A test email of a marketer: it tracks nothing and counts in "
-        "no statistic.")
-    marketing_automation_text = fields.Function(fields.Text(
-            "Plain Text",
-            states={
-                'invisible': ~Eval('marketing_automation_activity'),
-                }),
-        'get_marketing_automation_text')
-
-    @classmethod
-    def __setup__(cls):
-        super().__setup__()
-        # The HTML of a marketing email reads as one line in a text widget:
-        # its plain text is shown instead
-        cls.body.states = dict(cls.body.states)
-        cls.body.states['invisible'] = Bool(
-            Eval('marketing_automation_activity'))
-        t = cls.__table__()
-        cls._sql_indexes.update({
-                Index(t, (t.marketing_automation_token, Index.Equality()),
-                    where=t.marketing_automation_token != Null),
-                Index(t,
-                    (t.marketing_automation_status,
-                        Index.Equality(cardinality='low')),
-                    (t.marketing_automation_next_try, Index.Range()),
-                    where=t.marketing_automation_status.in_(
-                        ['pending', 'sending'])),
-                Index(t,
-                    (t.marketing_automation_record, Index.Range()),
-                    (t.marketing_automation_activity, Index.Range())),
-                Index(t,
-                    (t.marketing_automation_record_activity,
-                        Index.Range())),
-                Index(t, (t.marketing_automation_claim, Index.Equality()),
-                    where=t.marketing_automation_claim != Null),
-                })
-
-    @classmethod
-    def __register__(cls, module):
-        super().__register__(module)
-        pacing.register()
-
-    @classmethod
-    def marketing_automation_link_record_activities(cls):
-        """Link the emails of an earlier version to their record activity
-
-        The record activities call it once their table is complete."""
-        pool = Pool()
-        RecordActivity = pool.get('marketing.automation.record.activity')
-        table = cls.__table__()
-        record_activity = RecordActivity.__table__()
-        cursor = Transaction().connection.cursor()
-        cursor.execute(*table.update(
-                [table.marketing_automation_record_activity],
-                [record_activity.id],
-                from_=[record_activity],
-                where=(record_activity.activity
-                    == table.marketing_automation_activity)
-                & (record_activity.record
-                    == table.marketing_automation_record)
-                & (table.marketing_automation_record_activity == Null)))
-
-    @classmethod
-    def view_attributes(cls):
-        return super().view_attributes() + [
-            ('/form/separator[@name="body"]', 'states', {
-                    'invisible': Bool(Eval('marketing_automation_activity')),
-                    }),
-            ]
-
-    def get_marketing_automation_text(self, name):
-        if self.marketing_automation_activity and self.body:
-            return html_to_text(self.body)
-
-    @classmethod
-    def marketing_automation_store(cls, rows):
-        """Put the composed emails in the outbox and have them sent
-
-        rows are dictionaries of the column values."""
-        if not rows:
-            return
-        table = cls.__table__()
-        transaction = Transaction()
-        cursor = transaction.connection.cursor()
-        names = sorted(rows[0])
-        columns = [getattr(table, n) for n in names] + [
-            table.create_uid, table.create_date,
-            table.marketing_automation_status,
-            table.marketing_automation_attempts]
-        now = current_time()
-        values = [[r[n] for n in names] + [
-                transaction.user, now, 'pending', 0] for r in rows]
-        # The ORM would insert them one by one on SQLite
-        for sub_values in sliced_rows(values, len(columns)):
-            cursor.execute(*table.insert(columns, list(sub_values)))
-        if config.getboolean('queue', 'worker', default=False):
-            cls.marketing_automation_send()
-
-    @classmethod
-    def marketing_automation_send_now(cls, rows):
-        """Put the emails of rows in the outbox and send them at once,
-        committing; return their ids
-
-        For the test emails of a marketer, who waits for them. Those that
-        cannot be sent now stay in the outbox for the next attempts."""
-        table = cls.__table__()
-        transaction = Transaction()
-        cursor = transaction.connection.cursor()
-        claim = new_token()
-        for row in rows:
-            row['marketing_automation_claim'] = claim
-        cls.marketing_automation_store(rows)
-        # Claimed before the commit, so that no other run sends them
-        cursor.execute(*table.update(
-                [table.marketing_automation_status,
-                    table.marketing_automation_next_try],
-                ['sending', current_time()],
-                where=table.marketing_automation_claim == claim))
-        emails = _claimed(claim)
-        transaction.commit()
-        _send(emails)
-        return [e for e, _, _ in emails]
-
-    @classmethod
-    def marketing_automation_send(cls):
-        "Send the outbox now, or ask a worker to when there are workers"
-        if config.getboolean('queue', 'worker', default=False):
-            emails = cls.search([
-                    ('marketing_automation_status', 'in',
-                        ['pending', 'sending']),
-                    ], limit=1)
-            if emails:
-                cls.__queue__.marketing_automation_deliver(emails)
-        else:
-            cls.marketing_automation_deliver()
-
-    @classmethod
-    def marketing_automation_deliver(cls, emails=None):
-        """Send the due emails of the outbox by claimed batches
-
-        emails only tells a worker that there is work."""
-        sent = 0
-        while True:
-            claim = _claim()
-            if claim is None:
-                break
-            emails = _claimed(claim)
-            if not emails:
-                break
-            count, go_on = _send(emails)
-            sent += count
-            if not go_on:
-                break
-        return sent
-
-    @classmethod
-    def marketing_automation_delivery(cls, record_activities, names):
-        "Return the delivery fields of the email of each record activity"
-        table = cls.__table__()
-        cursor = Transaction().connection.cursor()
-        values = {n: {ra.id: None for ra in record_activities} for n in names}
-        for sub_ids in sliced(list(map(int, record_activities))):
-            cursor.execute(*table.select(
-                    table.marketing_automation_record_activity,
-                    table.marketing_automation_status,
-                    table.marketing_automation_attempts,
-                    table.marketing_automation_error,
-                    table.marketing_automation_next_try,
-                    where=reduce_ids(
-                        table.marketing_automation_record_activity, sub_ids)
-                    & (table.marketing_automation_status != Null)))
-            for record_activity, status, attempts, error, next_try in cursor:
-                row = {
-                    'email_status': status,
-                    'email_attempts': attempts,
-                    'email_error': error,
-                    'email_next_try': (
-                        next_try if status == 'pending' else None),
-                    }
-                for name in names:
-                    values[name][record_activity] = row[name]
-        return values
-
-
 _DELIVERY_STATES = {
     'invisible': Eval('activity_action') != 'send_email',
     }
@@ -328,6 +107,92 @@ class EmailDelivery:
         return Email.marketing_automation_delivery(record_activities, names)
 
 
+def deliver():
+    "Send the due emails of the outbox by claimed batches; return the count"
+    sent = 0
+    while True:
+        token = claim()
+        if token is None:
+            break
+        emails = claimed(token)
+        if not emails:
+            break
+        count, go_on = send(emails)
+        sent += count
+        if not go_on:
+            break
+    return sent
+
+
+def claim_on_commit(rows):
+    """Put the emails of rows in the outbox, claimed for the transaction,
+    to be sent once it commits; return their ids
+
+    For the test emails of a marketer, which go at once and whose wizard
+    must not commit. Rolled back, they are neither stored nor sent."""
+    table = _table()
+    transaction = Transaction()
+    cursor = transaction.connection.cursor()
+    token = new_token()
+    for row in rows:
+        row['marketing_automation_claim'] = token
+    Pool().get('ir.email').marketing_automation_store(rows)
+    # Claimed in the transaction, so that no other run takes them
+    cursor.execute(*table.update(
+            [table.marketing_automation_status,
+                table.marketing_automation_next_try],
+            ['sending', current_time()],
+            where=table.marketing_automation_claim == token))
+    transaction.join(SendOnCommit()).tokens.append(token)
+    return [e for e, _, _ in claimed(token)]
+
+
+class SendOnCommit:
+    """The data manager that sends the emails claimed in a transaction
+    after it commits, in a transaction of its own, as
+    trytond.sendmail.SMTPDataManager sends its messages
+
+    What cannot be sent then stays in the outbox for the next attempts, as
+    any claim; a process that dies before leaves the claim to time out."""
+
+    def __init__(self):
+        self.tokens = []
+
+    def __eq__(self, other):
+        # One per transaction
+        if not isinstance(other, SendOnCommit):
+            return NotImplemented
+        return True
+
+    __hash__ = object.__hash__
+
+    def abort(self, transaction):
+        self.tokens = []
+
+    def tpc_begin(self, transaction):
+        pass
+
+    def commit(self, transaction):
+        pass
+
+    def tpc_vote(self, transaction):
+        pass
+
+    def tpc_finish(self, transaction):
+        # A transaction may commit more than once: each claim goes once
+        tokens, self.tokens = self.tokens, []
+        for token in tokens:
+            try:
+                with transaction.new_transaction():
+                    send(claimed(token))
+            except Exception:
+                logger.error("could not send the emails of claim %s, left "
+                    "in the outbox", token, exc_info=True)
+
+    def tpc_abort(self, transaction):
+        self.tokens = []
+
+
 def _connect():
     try:
         return get_smtp_server(pacing.smtp_uri(), strict=True)
@@ -339,14 +204,14 @@ def _table():
     return Pool().get('ir.email').__table__()
 
 
-def _claim():
+def claim():
     """Claim a batch of due emails so that no other run sends them, and
     commit; return None when another run holds them"""
     table = _table()
     transaction = Transaction()
     cursor = transaction.connection.cursor()
     now = current_time()
-    claim = new_token()
+    token = new_token()
     due = table.select(
         table.id,
         where=(((table.marketing_automation_status == 'pending')
@@ -366,17 +231,17 @@ def _claim():
                 [table.marketing_automation_status,
                     table.marketing_automation_claim,
                     table.marketing_automation_next_try],
-                ['sending', claim, now],
+                ['sending', token, now],
                 where=table.id.in_(due)))
         transaction.commit()
     except backend.DatabaseOperationalError:
         # Another run is claiming: it sends them
         transaction.rollback()
         return None
-    return claim
+    return token
 
 
-def _claimed(claim):
+def claimed(claim):
     table = _table()
     cursor = Transaction().connection.cursor()
     cursor.execute(*table.select(
@@ -388,7 +253,7 @@ def _claimed(claim):
     return cursor.fetchall()
 
 
-def _send(emails):
+def send(emails):
     """Send the claimed emails at the pace of the database, committing
     after each one
 

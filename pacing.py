@@ -15,17 +15,17 @@ import smtplib
 import time
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from sql import Table
 from sql.conditionals import Case, Greatest, Least
 from sql.operators import Mul
 
 import trytond.config as config
 from trytond import backend
+from trytond.model import ModelSQL, fields
+from trytond.pool import Pool
 from trytond.transaction import Transaction
 
 logger = logging.getLogger(__name__)
 
-TABLE = 'marketing_automation_pacing'
 # The SMTP answers of a server that asks to slow down
 THROTTLING = {421, 454}
 # The spacing of a back-off, in seconds, doubled at each throttling answer
@@ -94,22 +94,51 @@ def timed_out(exception):
     return False
 
 
-def register():
-    "Create the row of the pace when it is missing"
-    table = Table(TABLE)
+class Pace(ModelSQL):
+    """The pace of the outbox, in one row: the next free send time and the
+    back-off of the server, in seconds since the epoch
+
+    Changed only by compare-and-set UPDATEs (_update): the ORM cannot
+    reserve times against concurrent senders."""
+    __name__ = 'marketing.automation.pacing'
+
+    next_send = fields.Float("Next Send", required=True)
+    backoff = fields.Float("Back-off", required=True)
+    backoff_until = fields.Float("Back-off Until", required=True)
+
+    @classmethod
+    def __register__(cls, module):
+        table = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        columns = [table.id, table.next_send, table.backoff,
+            table.backoff_until]
+        rows = rows_of_table_without_model(cls, table, columns)
+        super().__register__(module)
+        cursor.execute(*table.select(table.id, where=table.id == 1))
+        if not cursor.fetchone():
+            cursor.execute(*table.insert(
+                    columns, rows or [[1, 0., 0., 0.]]))
+
+
+def rows_of_table_without_model(Model, table, columns):
+    """Return the rows of columns of table, the table of Model, when it was
+    created before Model, without a model, and drop it for Model to create
+    it"""
+    pool = Pool()
+    IrModel = pool.get('ir.model')
+    ir_model = IrModel.__table__()
+    TableHandler = backend.TableHandler
     cursor = Transaction().connection.cursor()
-    # A table of no model: a model would need translated strings
-    cursor.execute('CREATE TABLE IF NOT EXISTS "%s" ('
-        'id INTEGER PRIMARY KEY, '
-        'next_send DOUBLE PRECISION NOT NULL, '
-        'backoff DOUBLE PRECISION NOT NULL, '
-        'backoff_until DOUBLE PRECISION NOT NULL)' % TABLE)
-    cursor.execute(*table.select(table.id))
-    if not cursor.fetchone():
-        cursor.execute(*table.insert(
-                [table.id, table.next_send, table.backoff,
-                    table.backoff_until],
-                [[1, 0., 0., 0.]]))
+    if not TableHandler.table_exist(Model._table):
+        return []
+    cursor.execute(*ir_model.select(
+            ir_model.id, where=ir_model.name == Model.__name__))
+    if cursor.fetchone():
+        return []
+    cursor.execute(*table.select(*columns))
+    rows = [list(r) for r in cursor]
+    TableHandler.drop_table(Model.__name__, Model._table)
+    return rows
 
 
 def _backing_off(table, now):
@@ -133,7 +162,7 @@ def _update(values, returning=None, where=None):
 
     It commits or rolls back the transaction: the caller commits its own
     changes first."""
-    table = Table(TABLE)
+    table = Pool().get('marketing.automation.pacing').__table__()
     transaction = Transaction()
     condition = table.id == 1
     if where is not None:

@@ -15,6 +15,7 @@ from trytond.i18n import gettext
 from trytond.model import ModelView, fields
 from trytond.pool import Pool
 from trytond.pyson import Bool, Eval
+from trytond.tools.email_ import EmailNotValidError, validate_email
 from trytond.transaction import Transaction
 from trytond.wizard import Button, StateTransition, StateView, Wizard
 
@@ -89,9 +90,12 @@ def test_addresses(text):
         if not value:
             continue
         try:
+            value = validate_email(value)
             address = Address(addr_spec=value)
-        except (HeaderParseError, ValueError, IndexError):
+        except (EmailNotValidError, HeaderParseError, ValueError,
+                IndexError):
             address = None
+        # validate_email lets anything through without email_validator
         if (address is None or not address.username
                 or '.' not in address.domain):
             raise TestAddressError(gettext(
@@ -106,9 +110,9 @@ def test_addresses(text):
 
 def send_test(activity, resource, addresses):
     """Send the email of activity for resource to each address as a test,
-    now, and return the ir.email of each
+    once the transaction commits, and return the ir.email of each
 
-    What cannot be sent now stays in the outbox for the next attempts."""
+    What cannot be sent then stays in the outbox for the next attempts."""
     pool = Pool()
     Email = pool.get('ir.email')
     rows = []
@@ -125,7 +129,7 @@ def send_test(activity, resource, addresses):
                 'marketing_automation_test': True,
                 'marketing_automation_message': email_.as_text(message),
                 })
-    return Email.browse(Email.marketing_automation_send_now(rows))
+    return Email.browse(Email.marketing_automation_send_on_commit(rows))
 
 
 def sent_text(emails):
@@ -135,6 +139,10 @@ def sent_text(emails):
         if email.marketing_automation_status == 'sent':
             lines.append(gettext(
                     'marketing_automation.msg_test_sent',
+                    address=email.recipients))
+        elif email.marketing_automation_status == 'sending':
+            lines.append(gettext(
+                    'marketing_automation.msg_test_sending',
                     address=email.recipients))
         else:
             lines.append(gettext(

@@ -7,7 +7,6 @@ A marketer is not an administrator. What they write sees only values made
 for templates: a read-only proxy of the record, which reads with the
 marketing group's rights, plain helper functions and the date and time
 types. Nothing whose name starts with "_" is reachable, by any route."""
-import _string
 import ast
 import datetime as dt
 import json
@@ -202,11 +201,50 @@ DATETIME = Namespace(
     timedelta=dt.timedelta, timezone=dt.timezone)
 
 
+def split_field_name(field_name):
+    """Return the argument of the replacement field field_name and its
+    (is_attribute, key) lookups, as str.format reads them (PEP 3101)
+
+    Our own: string.Formatter.get_field looks them up without the sandbox,
+    and the splitter it uses is in the private CPython module _string."""
+    first = _FIELD_ARGUMENT.match(field_name).group()
+    rest, index = [], len(first)
+    while index < len(field_name):
+        if field_name[index] == '.':
+            end = _FIELD_ARGUMENT.match(field_name, index + 1).end()
+            key = field_name[index + 1:end]
+            if not key:
+                raise ValueError("Empty attribute in format string")
+            rest.append((True, key))
+        else:
+            end = field_name.find(']', index + 1)
+            if end < 0:
+                raise ValueError("Missing ']' in format string")
+            key = field_name[index + 1:end]
+            if not key:
+                raise ValueError("Empty attribute in format string")
+            rest.append((False, _field_index(key)))
+            end += 1
+            if end < len(field_name) and field_name[end] not in '.[':
+                raise ValueError("Only '.' or '[' may follow ']' in format "
+                    "field specifier")
+        index = end
+    return _field_index(first), rest
+
+
+# The name of an argument or an attribute ends at a lookup
+_FIELD_ARGUMENT = re.compile(r'[^.\[]*')
+
+
+def _field_index(key):
+    return int(key) if re.fullmatch(r'[0-9]+', key) else key
+
+
 class _Formatter(string.Formatter):
     "str.format that walks fields through the sandbox"
 
     def get_field(self, field_name, args, kwargs):
-        first, rest = _string.formatter_field_name_split(field_name)
+        first, rest = split_field_name(field_name)
         if isinstance(first, str) and first.startswith('_'):
             raise _private(first)
         value = self.get_value(first, args, kwargs)

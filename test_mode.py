@@ -37,12 +37,16 @@ class Walk:
         "Run the activities and the children that wait for no event"
         for activity in activities:
             if not holds(activity, self.record):
-                self.say('msg_test_mode_condition', activity)
+                self.say(gettext(
+                        'marketing_automation.msg_test_mode_condition',
+                        activity=activity.rec_name))
                 continue
             if activity.action == 'send_email':
                 self.send(activity)
             elif activity.action:
-                self.say('msg_test_mode_action_skipped', activity)
+                self.say(gettext(
+                        'marketing_automation.msg_test_mode_action_skipped',
+                        activity=activity.rec_name))
             for child in activity.children:
                 if child.event:
                     self.waiting.append(child.id)
@@ -53,10 +57,14 @@ class Walk:
         try:
             email, = send_test(activity, self.record, [self.address])
         except Exception as exception:
-            self.say('msg_test_mode_failed', activity, exception=exception)
+            self.say(gettext(
+                    'marketing_automation.msg_test_mode_failed',
+                    activity=activity.rec_name, exception=exception))
             return
         self.emails.append(email.id)
-        self.say('msg_test_mode_sent', activity, subject=email.subject)
+        self.say(gettext(
+                'marketing_automation.msg_test_mode_sent',
+                activity=activity.rec_name, subject=email.subject))
 
     def happen(self, events):
         """Run the activities that wait for events and cancel their
@@ -76,15 +84,16 @@ class Walk:
             cancelled = [a for a in waiting
                 if not a.negative and (a.parent, a.event) in ended]
         for activity in cancelled:
-            self.say('msg_test_mode_cancelled', activity)
+            self.say(gettext(
+                    'marketing_automation.msg_test_mode_cancelled',
+                    activity=activity.rec_name))
         self.waiting = [
             a.id for a in waiting if a not in due and a not in cancelled]
         self.run(due)
 
-    def say(self, message, activity, **values):
-        self.lines.append(gettext(
-                'marketing_automation.' + message,
-                activity=activity.rec_name, **values))
+    def say(self, line):
+        "Add line to the log of the walk"
+        self.lines.append(line)
 
     @property
     def values(self):

@@ -194,7 +194,8 @@ class BrowserTestCase(unittest.TestCase):
         browser.step('test-addresses')
         browser.click(wizard.locator('button[title="Send"]'))
         browser.shows(wizard.locator('textarea[name=sent]'),
-            "The test email was sent to marketer@example.com.")
+            "The test email to marketer@example.com goes out as this step "
+            "ends.")
         browser.step('test-sent')
         test = self.receive("[TEST] Hello Ada Lovelace")
         self.assertEqual(test['To'], 'marketer@example.com')

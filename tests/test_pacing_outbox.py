@@ -16,6 +16,7 @@ import unittest
 from collections import Counter
 
 from aiosmtpd.smtp import SMTP
+from sql import Column, Table
 
 from trytond.pool import Pool
 from trytond.tests.test_tryton import with_transaction
@@ -162,12 +163,15 @@ class PacingOutboxTestCase(DatabaseTestCase):
     @with_transaction()
     def reset_pace():
         "Forget the back-off and the unsent emails of an earlier test"
-        from ..pacing import TABLE
-        Email = Pool().get('ir.email')
+        pool = Pool()
+        Email = pool.get('ir.email')
+        Pace = pool.get('marketing.automation.pacing')
         table = Email.__table__()
+        pace = Pace.__table__()
         cursor = Transaction().connection.cursor()
-        cursor.execute('UPDATE "%s" SET next_send = 0, backoff = 0, '
-            'backoff_until = 0' % TABLE)
+        cursor.execute(*pace.update(
+                [pace.next_send, pace.backoff, pace.backoff_until],
+                [0, 0, 0]))
         cursor.execute(*table.update(
                 [table.marketing_automation_status], ['failed'],
                 where=table.marketing_automation_status.in_(
@@ -253,9 +257,9 @@ class PacingOutboxTestCase(DatabaseTestCase):
         """421 and 454 slow every sender down: the email goes back to the
         outbox and is sent, nothing fails, no address counts a refusal;
         once the server accepts again the back-off ends"""
-        from ..pacing import TABLE
         pool = Pool()
         ContactMechanism = pool.get('party.contact_mechanism')
+        Pace = pool.get('marketing.automation.pacing')
         addresses = self.enrol('TT', 6)
         server = ThrottlingServer(
             rcpt={addresses[3]: '421 4.7.0 Too many connections'},
@@ -277,10 +281,8 @@ class PacingOutboxTestCase(DatabaseTestCase):
             [r.getMessage() for r in logs.records], [
                 'the SMTP server asks to slow down: 0.100 s between emails',
                 ] * 2)
-        cursor = Transaction().connection.cursor()
-        cursor.execute('SELECT backoff_until FROM "%s"' % TABLE)
-        until, = cursor.fetchone()
-        self.assertLessEqual(until, time.time())
+        pace, = Pace.search([])
+        self.assertLessEqual(pace.backoff_until, time.time())
 
     @with_transaction()
     def test_pacing_backoff_holds(self):
@@ -343,6 +345,44 @@ class PacingOutboxTestCase(DatabaseTestCase):
             pacing.give_back(second, 0)
             fourth = pacing.reserve(1)
             self.assertAlmostEqual(fourth.start, third.end)
+
+    @with_transaction()
+    def test_pacing_tables_taken_over(self):
+        """The pace row and the cap rows of the tables made by hand before
+        they were models are kept in the tables of the models"""
+        pool = Pool()
+        IrModel = pool.get('ir.model')
+        Pace = pool.get('marketing.automation.pacing')
+        PartyCap = pool.get('marketing.automation.party.cap')
+        party_id, = create_parties('TO', 1)
+        ir_model = IrModel.__table__()
+        cursor = Transaction().connection.cursor()
+        # As an earlier version left them: tables of no model
+        for Model, columns, row in [
+                (Pace, [('id', 'INTEGER PRIMARY KEY'),
+                        ('next_send', 'DOUBLE PRECISION NOT NULL'),
+                        ('backoff', 'DOUBLE PRECISION NOT NULL'),
+                        ('backoff_until', 'DOUBLE PRECISION NOT NULL')],
+                    [1, 5.0, 0.5, 7.0]),
+                (PartyCap, [('party', 'INTEGER PRIMARY KEY')], [party_id]),
+                ]:
+            table = Table(Model._table)
+            cursor.execute('DROP TABLE "%s"' % Model._table)
+            cursor.execute('CREATE TABLE "%s" (%s)' % (
+                    Model._table, ', '.join('%s %s' % c for c in columns)))
+            cursor.execute(*table.insert(
+                    [Column(table, n) for n, _ in columns], [row]))
+            cursor.execute(*ir_model.delete(
+                    where=ir_model.name == Model.__name__))
+            Model.__register__('marketing_automation')
+
+        pace, = Pace.search([])
+        self.assertEqual(
+            (pace.id, pace.next_send, pace.backoff, pace.backoff_until),
+            (1, 5.0, 0.5, 7.0))
+        cap, = PartyCap.search([])
+        self.assertEqual(cap.party.id, party_id)
+        self.assertTrue(IrModel.search([('name', '=', Pace.__name__)]))
 
     @with_transaction()
     def test_pacing_messages_per_connection(self):

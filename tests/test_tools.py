@@ -14,14 +14,17 @@ from trytond.transaction import Transaction
 from .test_engine import (
     SETTINGS, create_scenario, email_activity, record_activities_of)
 from .tools import (
-    DatabaseTestCase, create_parties, follow, html_part, links, smtp_server,
-    text_part, unsubscribe_links)
+    DatabaseTestCase, create_parties, follow, free_port, html_part, links,
+    setting, smtp_server, text_part, unsubscribe_links)
 
 
-def run_wizard(name, record, *transitions, **values):
+def run_wizard(name, record, *transitions, commit=False, **values):
     """Run the wizard name on record through the transitions, with the
     values of each state changed by values; return the defaults of each
-    view shown, by state"""
+    view shown, by state
+
+    With commit, the transaction commits after each step, as after each
+    call of a client."""
     Wizard = Pool().get(name, type='wizard')
     session_id, start, _ = Wizard.create()
     views, data = {}, {}
@@ -36,6 +39,8 @@ def run_wizard(name, record, *transitions, **values):
                 if '.' not in k}
             data[state].update(values.get(state, {}))
             result = Wizard.execute(session_id, data, transition)
+            if commit:
+                Transaction().commit()
             if 'view' in result:
                 views[result['view']['state']] = result['view']['defaults']
     return views
@@ -96,7 +101,7 @@ class ToolsTestCase(DatabaseTestCase):
         with smtp_server() as sink:
             views = run_wizard(
                 'marketing.automation.activity.preview', activity,
-                ('start', 'test'), ('test', 'send_'),
+                ('start', 'test'), ('test', 'send_'), commit=True,
                 test={'addresses': 'a@example.com, b@example.org'})
         self.assertEqual(
             sorted(r for _, rs in sink.envelopes for r in rs),
@@ -127,6 +132,80 @@ class ToolsTestCase(DatabaseTestCase):
         self.assertEqual(Record.search([('scenario', '=', scenario.id)]), [])
         self.assertEqual(scenario.record_count, 0)
         self.assertEqual(activity.record_count, 0)
+
+    @with_transaction()
+    def test_send_test_after_commit(self):
+        """A test email goes once, after its transaction commits: the
+        wizard commits nothing, and a rollback sends nothing"""
+        pool = Pool()
+        Email = pool.get('ir.email')
+        transaction = Transaction()
+
+        def send_test():
+            scenario = self.scenario('SC')
+            activity, = scenario.activities
+            views = run_wizard(
+                'marketing.automation.activity.preview', activity,
+                ('start', 'test'), ('test', 'send_'),
+                test={'addresses': 'a@example.com'})
+            self.assertIn('a@example.com', views['start']['sent'])
+            return activity
+
+        def test_emails():
+            return Email.search([('subject', '=', "[TEST] Hello SC 0")])
+
+        with smtp_server() as sink:
+            # The rollback comes first: after a commit, the in-memory
+            # SQLite database of the tests is left in autocommit mode
+            send_test()
+            email, = test_emails()
+            self.assertEqual(email.marketing_automation_status, 'sending')
+            self.assertEqual(sink.messages, [])
+            transaction.rollback()
+            self.assertEqual(sink.messages, [])
+            self.assertEqual(test_emails(), [])
+
+            send_test()
+            self.assertEqual(sink.messages, [])
+            transaction.commit()
+            self.assertEqual(
+                [m['Subject'] for m in sink.messages], ["[TEST] Hello SC 0"])
+            # Another commit of the same transaction sends nothing more
+            transaction.commit()
+            self.assertEqual(len(sink.messages), 1)
+        email, = test_emails()
+        self.assertEqual(email.marketing_automation_status, 'sent')
+        self.assertIsNone(email.marketing_automation_claim)
+
+    @with_transaction()
+    def test_send_test_server_down(self):
+        """A test email that cannot be sent after the commit stays in the
+        outbox, and goes with the next delivery"""
+        pool = Pool()
+        Email = pool.get('ir.email')
+        scenario = self.scenario('SD')
+        activity, = scenario.activities
+        with setting('email', 'uri', 'smtp://127.0.0.1:%s' % free_port()), \
+                setting('marketing', 'automation_retry_delay', '0'):
+            views = run_wizard(
+                'marketing.automation.activity.preview', activity,
+                ('start', 'test'), ('test', 'send_'), commit=True,
+                test={'addresses': 'a@example.com'})
+            self.assertIn('a@example.com', views['start']['sent'])
+            email, = Email.search([
+                    ('marketing_automation_activity', '=', activity.id)])
+            self.assertEqual(email.marketing_automation_status, 'pending')
+            self.assertEqual(email.marketing_automation_attempts, 1)
+            self.assertTrue(email.marketing_automation_error)
+            self.assertTrue(email.marketing_automation_message)
+
+            with smtp_server() as sink:
+                Email.marketing_automation_deliver()
+        self.assertEqual(
+            [m['Subject'] for m in sink.messages], ["[TEST] Hello SD 0"])
+        email, = Email.search([
+                ('marketing_automation_activity', '=', activity.id)])
+        self.assertEqual(email.marketing_automation_status, 'sent')
 
     @with_transaction()
     def test_send_test_invalid(self):
@@ -228,7 +307,7 @@ class ToolsTestCase(DatabaseTestCase):
             views = run_wizard(
                 'marketing.automation.scenario.test_mode', scenario,
                 ('start', 'run_'), ('step', 'opened'), ('step', 'no_event'),
-                start={'address': 'me@example.com'})
+                commit=True, start={'address': 'me@example.com'})
         self.assertEqual(
             [m['Subject'] for m in sink.messages],
             ["[TEST] Welcome TM 0", "[TEST] Reminder", "[TEST] Thanks"])
