@@ -53,6 +53,15 @@ def _date(column):
     return _DATE.sql_cast(DateTrunc(_period(), column))
 
 
+def _by_date(column, columns, group_by):
+    """Add the date of column by the period of the context to columns and
+    group_by, and return the condition of the dates of the context"""
+    date = _date(column)
+    columns.append(date.as_('date'))
+    group_by.append(date.as_('date'))
+    return _dates_where(column)
+
+
 def _dates_where(column):
     context = Transaction().context
     where = Literal(True)
@@ -172,10 +181,7 @@ class Scenario(ModelSQL, ModelView):
             where &= reduce_ids(record.scenario, ids)
         group_by = [record.scenario]
         if dated:
-            date = _date(record.create_date)
-            columns.append(date.as_('date'))
-            where &= _dates_where(record.create_date)
-            group_by.append(date.as_('date'))
+            where &= _by_date(record.create_date, columns, group_by)
         return record.join(flagged, 'LEFT',
             condition=flagged.record == record.id
             ).select(*columns, where=where, group_by=group_by)
@@ -256,10 +262,7 @@ class Activity(ModelSQL, ModelView):
             where &= reduce_ids(record_activity.activity, ids)
         group_by = [record_activity.activity]
         if dated:
-            date = _date(record_activity.at)
-            columns.append(date.as_('date'))
-            where &= _dates_where(record_activity.at)
-            group_by.append(date.as_('date'))
+            where &= _by_date(record_activity.at, columns, group_by)
         figures = record_activity.select(
             *columns, where=where, group_by=group_by)
         # The action joined to the figures, not to each record activity

@@ -3,7 +3,8 @@
 import datetime as dt
 
 from trytond.model.exceptions import AccessError
-from trytond.modules.marketing_automation.tests.tools import EXTRAS
+from trytond.modules.marketing_automation.tests.tools import (
+    EXTRAS, create_user)
 from trytond.pool import Pool
 from trytond.tests.test_tryton import ModuleTestCase, with_transaction
 from trytond.transaction import Transaction
@@ -18,17 +19,7 @@ class MarketingAutomationTestCase(ModuleTestCase):
     module = 'marketing_automation'
     extras = EXTRAS
 
-    def create_user(self, login, groups):
-        pool = Pool()
-        User = pool.get('res.user')
-        ModelData = pool.get('ir.model.data')
-        user, = User.create([{
-                    'login': login, 'name': login,
-                    'groups': [('add', [
-                                ModelData.get_id(*g.split('.'))
-                                for g in groups])],
-                    }])
-        return user
+    create_user = staticmethod(create_user)
 
     @with_transaction()
     def test_record_activities_read_only_for_marketing(self):

@@ -23,8 +23,8 @@ from .test_engine import (
     BASE, SETTINGS, create_scenario, email_activity, forget_records,
     record_activities_of, run_due)
 from .tools import (
-    DatabaseTestCase, create_parties, follow, setting, smtp_server, tracked,
-    unsubscribe_links)
+    DatabaseTestCase, create_parties, create_user, follow, setting,
+    smtp_server, tracked, unsubscribe_links)
 
 MODULE = 'marketing_automation'
 HTML = (
@@ -468,17 +468,7 @@ class LeastPrivilegeTestCase(DatabaseTestCase):
             self.assertNotIn('process', RecordActivity.__rpc__)
         check()
 
-    def create_user(self, login, groups):
-        pool = Pool()
-        User = pool.get('res.user')
-        ModelData = pool.get('ir.model.data')
-        user, = User.create([{
-                    'login': login, 'name': login,
-                    'groups': [('add', [
-                                ModelData.get_id(*g.split('.'))
-                                for g in groups])],
-                    }])
-        return user
+    create_user = staticmethod(create_user)
 
     @with_transaction()
     def test_marketing_emails_readable_by_marketing_only(self):

@@ -42,7 +42,7 @@ __all__ = [
     'tracked', 'open_images', 'unsubscribe_links', 'DROP', 'smtp_server',
     'StatementCounter', 'create_parties', 'logging_config', 'start_process',
     'stop_process', 'run_process', 'free_port', 'AdminDatabases',
-    'EXTRAS', 'activate_with_extras']
+    'EXTRAS', 'activate_with_extras', 'create_user']
 
 AUTOMATION_BASE = 'http://example.com'
 EMAIL_FROM = 'marketing@example.com'
@@ -248,6 +248,20 @@ def configure(
             ]:
         _save(section, option)
         config.set(section, option, value)
+
+
+def create_user(login, groups):
+    "Create a user of login in the groups, each given by its XML id"
+    pool = Pool()
+    User = pool.get('res.user')
+    ModelData = pool.get('ir.model.data')
+    user, = User.create([{
+                'login': login, 'name': login,
+                'groups': [('add', [
+                            ModelData.get_id(*g.split('.'))
+                            for g in groups])],
+                }])
+    return user
 
 
 # The modules that the module test activates beside this one: the tests and
