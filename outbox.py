@@ -22,9 +22,7 @@ from sql import Null
 import trytond.config as config
 from trytond import backend
 from trytond.i18n import gettext
-from trytond.model import fields
 from trytond.pool import Pool
-from trytond.pyson import Eval
 from trytond.sendmail import get_smtp_server
 from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
@@ -71,40 +69,6 @@ def envelope(message):
 
 class Unreachable(Exception):
     "The SMTP server cannot be reached"
-
-
-_DELIVERY_STATES = {
-    'invisible': Eval('activity_action') != 'send_email',
-    }
-
-
-def _delivery(field):
-    return fields.Function(field, 'get_email_delivery')
-
-
-class EmailDelivery:
-    "What a record activity shows of the delivery of its email"
-    __slots__ = ()
-
-    email_status = _delivery(fields.Selection([
-                (None, ""),
-                ('pending', "Pending"),
-                ('sending', "Sending"),
-                ('sent', "Sent"),
-                ('failed', "Failed"),
-                ], "Email Status", states=_DELIVERY_STATES))
-    email_attempts = _delivery(fields.Integer(
-            "Email Attempts", states=_DELIVERY_STATES))
-    email_error = _delivery(fields.Text(
-            "Email Error", states=_DELIVERY_STATES))
-    email_next_try = _delivery(fields.DateTime(
-            "Email Next Try", states=_DELIVERY_STATES))
-
-    @classmethod
-    def get_email_delivery(cls, record_activities, names):
-        pool = Pool()
-        Email = pool.get('ir.email')
-        return Email.marketing_automation_delivery(record_activities, names)
 
 
 def deliver():

@@ -16,10 +16,9 @@ from . import deferral, tree
 from .batch import batch_size, sliced
 from .marketing_automation import current_time
 from .mixin import companies, company_context
-from .outbox import EmailDelivery
 
 
-class RecordActivity(EmailDelivery, Workflow, ModelSQL, ModelView):
+class RecordActivity(Workflow, ModelSQL, ModelView):
     """The state of one record for one activity
 
     Its state, its date and its flags change through the transitions and
@@ -62,6 +61,24 @@ class RecordActivity(EmailDelivery, Workflow, ModelSQL, ModelView):
         "Email Complained", readonly=True,
         states=_email_states,
         help="The recipient reported the email as spam.")
+    # What the outbox tells of the delivery of the email
+    email_status = fields.Function(fields.Selection([
+                (None, ""),
+                ('pending', "Pending"),
+                ('sending', "Sending"),
+                ('sent', "Sent"),
+                ('failed', "Failed"),
+                ], "Email Status", states=_email_states),
+        'get_email_delivery')
+    email_attempts = fields.Function(fields.Integer(
+            "Email Attempts", states=_email_states),
+        'get_email_delivery')
+    email_error = fields.Function(fields.Text(
+            "Email Error", states=_email_states),
+        'get_email_delivery')
+    email_next_try = fields.Function(fields.DateTime(
+            "Email Next Try", states=_email_states),
+        'get_email_delivery')
     state = fields.Selection([
             ('waiting', "Waiting"),
             ('done', "Done"),
@@ -162,6 +179,12 @@ class RecordActivity(EmailDelivery, Workflow, ModelSQL, ModelView):
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
         return Activity.get_parent_actions()
+
+    @classmethod
+    def get_email_delivery(cls, record_activities, names):
+        pool = Pool()
+        Email = pool.get('ir.email')
+        return Email.marketing_automation_delivery(record_activities, names)
 
     @fields.depends('activity')
     def on_change_with_activity_action(self, name=None):
