@@ -14,6 +14,7 @@ from trytond.pool import Pool
 from trytond.pyson import Eval
 from trytond.wizard import Button, StateTransition, StateView, Wizard
 
+from . import tree
 from .dry_run import holds
 from .preview import record_models, sample, send_test, test_addresses
 
@@ -74,15 +75,10 @@ class Walk:
         Activity = pool.get('marketing.automation.activity')
         waiting = Activity.browse(self.waiting)
         if events:
-            due = [a for a in waiting
-                if not a.negative and a.event in events]
-            cancelled = [a for a in waiting
-                if a.negative and a.event in events]
+            due, cancelled = tree.moved_on(waiting, events)
         else:
             due = [a for a in waiting if a.negative]
-            ended = {(a.parent, a.event) for a in due}
-            cancelled = [a for a in waiting
-                if not a.negative and (a.parent, a.event) in ended]
+            cancelled = tree.timed_out(due, waiting)
         for activity in cancelled:
             self.say(gettext(
                     'marketing_automation.msg_test_mode_cancelled',

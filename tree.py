@@ -71,6 +71,29 @@ def enrol(record_ids, activities, now):
                     where=where)))
 
 
+def waits_for_event(child):
+    """Tell whether a child of an activity that ran waits for its event,
+    with no date yet; the others run when their delay ends, a negative one
+    only if its event did not happen by then"""
+    return bool(child.event) and not child.negative
+
+
+def moved_on(children, events):
+    """Return the children that the events make due, those waiting for
+    one of them, and those they cancel, the negative ones on them"""
+    due = [c for c in children if c.event in events and not c.negative]
+    cancelled = [c for c in children if c.event in events and c.negative]
+    return due, cancelled
+
+
+def timed_out(negatives, siblings):
+    """Return the siblings that the negative activities cancel when they
+    run: those waiting for the same event of the same parent"""
+    ended = {(n.parent, n.event) for n in negatives if n.negative}
+    return [s for s in siblings
+        if not s.negative and (s.parent, s.event) in ended]
+
+
 def schedule_children(record_activities, now):
     """Create the record activities of the children of the activities that
     just ran"""
@@ -81,8 +104,7 @@ def schedule_children(record_activities, now):
         record_id = record_activity.record.id
         # Cached by activity: reading each one's children costs more
         for child in Activity.children_events(record_activity.activity.id):
-            if child.event and not child.negative:
-                # It waits for its event, so it has no date yet
+            if waits_for_event(child):
                 at = None
             else:
                 at = now + dt.timedelta(seconds=child.delay)
@@ -96,20 +118,18 @@ def cancel_siblings(record_activities):
     pool = Pool()
     Activity = pool.get('marketing.automation.activity')
     RecordActivity = pool.get('marketing.automation.record.activity')
-    by_event = defaultdict(list)
+    by_parent = defaultdict(list)
     for record_activity in record_activities:
         activity = record_activity.activity
         if activity.negative:
-            by_event[(str(activity.parent), activity.event)].append(
-                record_activity.record.id)
-    for (parent, event), record_ids in by_event.items():
-        siblings = Activity.search([
-                ('parent', '=', parent),
-                ('event', '=', event),
-                ('negative', '=', False),
-                ])
-        if siblings:
-            RecordActivity.cancel_waiting(record_ids, siblings)
+            by_parent[str(activity.parent)].append(record_activity)
+    for parent, negatives in by_parent.items():
+        siblings = Activity.search([('parent', '=', parent)])
+        for sibling in timed_out([n.activity for n in negatives], siblings):
+            RecordActivity.cancel_waiting(
+                [n.record.id for n in negatives
+                    if n.activity.event == sibling.event],
+                [sibling])
 
 
 def move_on(events, event, at, route=False):
@@ -122,13 +142,12 @@ def move_on(events, event, at, route=False):
     RecordActivity = pool.get('marketing.automation.record.activity')
     positives, negatives = defaultdict(set), defaultdict(set)
     for happened in events:
-        for child in Activity.children_events(happened.activity):
-            if child.event != event:
-                continue
-            if child.negative:
-                negatives[child.id].add(happened.record)
-            else:
-                positives[child].add(happened.record)
+        due, cancelled = moved_on(
+            Activity.children_events(happened.activity), {event})
+        for child in due:
+            positives[child].add(happened.record)
+        for child in cancelled:
+            negatives[child.id].add(happened.record)
     if route:
         _move_on_at_once(positives, negatives, at)
         return
