@@ -14,9 +14,9 @@ from trytond.pool import Pool
 from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
 
-from .test_engine import (
-    BASE, create_scenario, email_activity, run_due, setting)
-from .tools import DatabaseTestCase, create_parties, follow
+from .tools import (
+    BASE, DatabaseTestCase, create_parties, create_scenario, email_activity,
+    follow, run_due, setting)
 
 MODULE = 'marketing_automation'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,11 +9,10 @@ from trytond.pool import Pool
 from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
 
-from .test_engine import (
-    BASE, SETTINGS, create_scenario, email_activity, record_activities_of)
 from .tools import (
-    DatabaseTestCase, SMTPServer, create_parties, follow, html_part, links,
-    open_images, setting, smtp_server, tracked, unsubscribe_links)
+    BASE, SETTINGS, DatabaseTestCase, SMTPServer, create_parties,
+    create_scenario, email_activity, follow, html_part, links, open_images,
+    record_activities_of, setting, smtp_server, tracked, unsubscribe_links)
 
 
 class Refusing(SMTPServer):

@@ -23,58 +23,16 @@ from trytond.tools import grouped_slice
 from trytond.transaction import Transaction
 
 from .tools import (
-    DatabaseTestCase, StatementCounter, create_parties, setting, smtp_server)
+    BASE, SETTINGS, DatabaseTestCase, StatementCounter, create_parties,
+    create_scenario, email_activity, record_activities_of, run_due, setting,
+    smtp_server)
 
 MODULE = 'marketing_automation'
-TEMPLATE = (
-    '<html xmlns:py="http://genshi.edgewall.org/"><body>'
-    '<p>Dear ${record.name},</p>'
-    '<p><a href="https://shop.example.com/offer">See the offer</a></p>'
-    '<p><a href="unsubscribe">Unsubscribe</a> or '
-    '<a href="unsubscribe|https://shop.example.com/bye">leave us</a></p>'
-    '</body></html>')
-BASE = 'https://track.example.com'
-SETTINGS = {
-    ('marketing', 'automation_base'): BASE,
-    ('marketing', 'email_from'): 'news@example.com',
-    }
 
 
 def report(line):
     "Print a measured figure for the reader of the test output"
     print('[marketing_automation] ' + line, file=sys.stderr, flush=True)
-
-
-def email_activity(**values):
-    values.setdefault('name', "Welcome")
-    values.setdefault('action', 'send_email')
-    values.setdefault('email_from', 'shop@example.com')
-    values.setdefault('email_title', "Hello ${record.name}")
-    values.setdefault('email_template', TEMPLATE)
-    return values
-
-
-def create_scenario(prefix, activities, run=True, **values):
-    "Create a scenario on the parties coded prefix-*"
-    pool = Pool()
-    Scenario = pool.get('marketing.automation.scenario')
-    values.setdefault('name', prefix)
-    values.setdefault('model', 'party.party')
-    values.setdefault('domain', PYSONEncoder().encode(
-            [('code', 'like', prefix + '-%')]))
-    values['activities'] = [('create', activities)]
-    scenario, = Scenario.create([values])
-    if run:
-        Scenario.run([scenario])
-    return scenario
-
-
-def record_activities_of(scenario, **domain):
-    pool = Pool()
-    RecordActivity = pool.get('marketing.automation.record.activity')
-    clause = [('record.scenario', '=', scenario.id)]
-    clause.extend((k, '=', v) for k, v in domain.items())
-    return RecordActivity.search(clause, order=[('id', 'ASC')])
 
 
 def last_record_id():
@@ -87,23 +45,6 @@ def last_record_id():
         cursor.execute('SELECT seq FROM sqlite_sequence '
             "WHERE name = 'marketing_automation_record'")
     return cursor.fetchone()[0]
-
-
-def forget_records():
-    """Forget the records read by the transaction: the engine updates them
-    with SQL, which the ORM's caches do not see"""
-    transaction = Transaction()
-    for cache in transaction.cache.values():
-        cache.clear()
-    transaction.counter += 1
-
-
-def run_due():
-    "Execute every due record activity by batches, without delivering"
-    pool = Pool()
-    RecordActivity = pool.get('marketing.automation.record.activity')
-    for record_activities in RecordActivity.due():
-        RecordActivity.run(record_activities)
 
 
 class EngineTestCase(DatabaseTestCase):

@@ -10,8 +10,9 @@ from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import with_transaction
 
-from .test_engine import SETTINGS, email_activity, record_activities_of
-from .tools import DatabaseTestCase, smtp_server
+from .tools import (
+    SETTINGS, DatabaseTestCase, email_activity, record_activities_of,
+    smtp_server)
 
 VOUCHER = 'marketing.automation.test.voucher'
 

@@ -9,9 +9,9 @@ from trytond.pool import Pool
 from trytond.tests.test_tryton import DB_NAME, with_transaction
 from trytond.transaction import Transaction
 
-from .test_engine import SETTINGS, create_scenario, email_activity
 from .tools import (
-    EXTRAS, DatabaseTestCase, create_parties, follow, smtp_server)
+    EXTRAS, SETTINGS, DatabaseTestCase, create_parties, create_scenario,
+    email_activity, follow, smtp_server)
 
 BOUNCES = 'bounces.example.com'
 

@@ -4,14 +4,10 @@ import datetime as dt
 
 from trytond.model.exceptions import AccessError
 from trytond.modules.marketing_automation.tests.tools import (
-    EXTRAS, create_user)
+    EXTRAS, TEMPLATE, create_user)
 from trytond.pool import Pool
 from trytond.tests.test_tryton import ModuleTestCase, with_transaction
 from trytond.transaction import Transaction
-
-TEMPLATE = (
-    '<html xmlns:py="http://genshi.edgewall.org/"><body>'
-    '<p>Hello</p></body></html>')
 
 
 class MarketingAutomationTestCase(ModuleTestCase):

@@ -18,9 +18,9 @@ from trytond.tests.test_tryton import with_transaction
 from trytond.tools import timezone as tz
 from trytond.transaction import Transaction
 
-from .test_engine import (
-    SETTINGS, create_scenario, email_activity, record_activities_of)
-from .tools import DatabaseTestCase, create_parties, smtp_server
+from .tools import (
+    SETTINGS, DatabaseTestCase, create_parties, create_scenario,
+    email_activity, record_activities_of, smtp_server)
 
 BRUSSELS = tz.get_tzinfo('Europe/Brussels')
 NEW_YORK = tz.get_tzinfo('America/New_York')

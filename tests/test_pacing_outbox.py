@@ -22,11 +22,10 @@ from trytond.pool import Pool
 from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
 
-from .test_engine import SETTINGS, create_scenario, email_activity
 from .test_faults import BACKEND, FaultTestCase, FaultySMTPServer
 from .tools import (
-    DatabaseTestCase, SMTPServer, _Controller, _Handler, create_parties,
-    setting, smtp_server)
+    SETTINGS, DatabaseTestCase, SMTPServer, _Controller, _Handler,
+    create_parties, create_scenario, email_activity, setting, smtp_server)
 
 # Longer than the timeout of the tests: the client hangs up first
 STALL = 5

@@ -10,8 +10,9 @@ from trytond.pool import Pool
 from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
 
-from .test_engine import create_scenario, email_activity
-from .tools import DatabaseTestCase, StatementCounter, create_parties
+from .tools import (
+    DatabaseTestCase, StatementCounter, create_parties, create_scenario,
+    email_activity)
 
 MODULE = 'marketing_automation'
 # XML id: model, from INTERFACE.md

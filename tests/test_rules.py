@@ -7,8 +7,8 @@ from trytond.pool import Pool
 from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction, check_access
 
-from .test_engine import create_scenario, email_activity
-from .tools import DatabaseTestCase, create_parties
+from .tools import (
+    DatabaseTestCase, create_parties, create_scenario, email_activity)
 
 
 class RulesTestCase(DatabaseTestCase):

@@ -19,12 +19,10 @@ from trytond.transaction import Transaction
 from trytond.url import http_host
 
 from .. import email_
-from .test_engine import (
-    BASE, SETTINGS, create_scenario, email_activity, forget_records,
-    record_activities_of, run_due)
 from .tools import (
-    DatabaseTestCase, create_parties, create_user, follow, setting,
-    smtp_server, tracked, unsubscribe_links)
+    BASE, SETTINGS, DatabaseTestCase, create_parties, create_scenario,
+    create_user, email_activity, follow, forget_records, record_activities_of,
+    run_due, setting, smtp_server, tracked, unsubscribe_links)
 
 MODULE = 'marketing_automation'
 HTML = (

@@ -11,10 +11,9 @@ from trytond.pyson import Eval, PYSONDecoder, PYSONEncoder
 from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
 
-from .test_engine import (
-    SETTINGS, create_scenario, email_activity, record_activities_of)
 from .tools import (
-    DatabaseTestCase, create_parties, follow, free_port, html_part, links,
+    SETTINGS, DatabaseTestCase, create_parties, create_scenario,
+    email_activity, follow, free_port, html_part, links, record_activities_of,
     setting, smtp_server, text_part, unsubscribe_links)
 
 

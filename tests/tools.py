@@ -33,6 +33,7 @@ from sql.operators import Concat
 
 import trytond.config as config
 from trytond.pool import Pool
+from trytond.pyson import PYSONEncoder
 from trytond.tools import grouped_slice
 from trytond.transaction import Transaction
 
@@ -42,7 +43,9 @@ __all__ = [
     'tracked', 'open_images', 'unsubscribe_links', 'DROP', 'smtp_server',
     'StatementCounter', 'create_parties', 'logging_config', 'start_process',
     'stop_process', 'run_process', 'free_port', 'AdminDatabases',
-    'EXTRAS', 'activate_with_extras', 'create_user']
+    'EXTRAS', 'activate_with_extras', 'create_user', 'TEMPLATE', 'BASE',
+    'SETTINGS', 'email_activity', 'create_scenario', 'record_activities_of',
+    'forget_records', 'run_due']
 
 AUTOMATION_BASE = 'http://example.com'
 EMAIL_FROM = 'marketing@example.com'
@@ -262,6 +265,70 @@ def create_user(login, groups):
                             for g in groups])],
                 }])
     return user
+
+
+# The scenario of the tests: an email to the parties coded prefix-*
+TEMPLATE = (
+    '<html xmlns:py="http://genshi.edgewall.org/"><body>'
+    '<p>Dear ${record.name},</p>'
+    '<p><a href="https://shop.example.com/offer">See the offer</a></p>'
+    '<p><a href="unsubscribe">Unsubscribe</a> or '
+    '<a href="unsubscribe|https://shop.example.com/bye">leave us</a></p>'
+    '</body></html>')
+BASE = 'https://track.example.com'
+SETTINGS = {
+    ('marketing', 'automation_base'): BASE,
+    ('marketing', 'email_from'): 'news@example.com',
+    }
+
+
+def email_activity(**values):
+    values.setdefault('name', "Welcome")
+    values.setdefault('action', 'send_email')
+    values.setdefault('email_from', 'shop@example.com')
+    values.setdefault('email_title', "Hello ${record.name}")
+    values.setdefault('email_template', TEMPLATE)
+    return values
+
+
+def create_scenario(prefix, activities, run=True, **values):
+    "Create a scenario on the parties coded prefix-*"
+    pool = Pool()
+    Scenario = pool.get('marketing.automation.scenario')
+    values.setdefault('name', prefix)
+    values.setdefault('model', 'party.party')
+    values.setdefault('domain', PYSONEncoder().encode(
+            [('code', 'like', prefix + '-%')]))
+    values['activities'] = [('create', activities)]
+    scenario, = Scenario.create([values])
+    if run:
+        Scenario.run([scenario])
+    return scenario
+
+
+def record_activities_of(scenario, **domain):
+    pool = Pool()
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    clause = [('record.scenario', '=', scenario.id)]
+    clause.extend((k, '=', v) for k, v in domain.items())
+    return RecordActivity.search(clause, order=[('id', 'ASC')])
+
+
+def forget_records():
+    """Forget the records read by the transaction: the engine updates them
+    with SQL, which the ORM's caches do not see"""
+    transaction = Transaction()
+    for cache in transaction.cache.values():
+        cache.clear()
+    transaction.counter += 1
+
+
+def run_due():
+    "Execute every due record activity by batches, without delivering"
+    pool = Pool()
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    for record_activities in RecordActivity.due():
+        RecordActivity.run(record_activities)
 
 
 # The modules that the module test activates beside this one: the tests and
