@@ -4,9 +4,8 @@
 the tests only: a model offered to scenarios, a new action whose children
 wait for its event, and extra values in the template context"""
 from trytond.model import ModelSQL, ModelView, fields
+from trytond.modules.marketing_automation.mixin import MarketingAutomationMixin
 from trytond.pool import Pool, PoolMeta
-
-from ..mixin import MarketingAutomationMixin
 
 # The selection values that the test module adds to the module's models
 SELECTIONS = {

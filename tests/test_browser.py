@@ -18,8 +18,8 @@ import unittest
 import urllib.request
 from urllib.parse import urlsplit
 
-from . import sao
-from .tools import (
+from trytond.modules.marketing_automation.tests import sao
+from trytond.modules.marketing_automation.tests.tools import (
     AdminDatabases, SMTPServer, free_port, links, logging_config,
     start_process, stop_process)
 

@@ -10,13 +10,12 @@ from urllib.parse import quote
 
 from lxml import etree
 
+from trytond.modules.marketing_automation.tests.tools import (
+    BASE, DatabaseTestCase, create_parties, create_scenario, email_activity,
+    follow, run_due, setting)
 from trytond.pool import Pool
 from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
-
-from .tools import (
-    BASE, DatabaseTestCase, create_parties, create_scenario, email_activity,
-    follow, run_due, setting)
 
 MODULE = 'marketing_automation'
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -5,14 +5,13 @@ what each tracking mode tracks"""
 import datetime as dt
 
 from trytond.model.exceptions import ValidationError
-from trytond.pool import Pool
-from trytond.tests.test_tryton import with_transaction
-from trytond.transaction import Transaction
-
-from .tools import (
+from trytond.modules.marketing_automation.tests.tools import (
     BASE, SETTINGS, DatabaseTestCase, SMTPServer, create_parties,
     create_scenario, email_activity, follow, html_part, links, open_images,
     record_activities_of, setting, smtp_server, tracked, unsubscribe_links)
+from trytond.pool import Pool
+from trytond.tests.test_tryton import with_transaction
+from trytond.transaction import Transaction
 
 
 class Refusing(SMTPServer):

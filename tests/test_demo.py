@@ -7,11 +7,11 @@ import os
 import unittest
 
 from trytond.model.exceptions import ValidationError
+from trytond.modules.marketing_automation.tests.tools import (
+    DatabaseTestCase, setting)
 from trytond.pool import Pool
 from trytond.tests.test_tryton import DB_NAME
 from trytond.transaction import Transaction
-
-from .tools import DatabaseTestCase, setting
 
 MODULE = 'marketing_automation'
 DEMO = os.path.join(

@@ -16,16 +16,15 @@ from email.utils import parseaddr
 import trytond.config as config
 from trytond import backend
 from trytond.modules.marketing_automation.email_ import unsubscribe_url
+from trytond.modules.marketing_automation.tests.tools import (
+    BASE, SETTINGS, DatabaseTestCase, StatementCounter, create_parties,
+    create_scenario, email_activity, record_activities_of, run_due, setting,
+    smtp_server)
 from trytond.pool import Pool
 from trytond.pyson import Eval, Greater, PYSONEncoder
 from trytond.tests.test_tryton import with_transaction
 from trytond.tools import grouped_slice
 from trytond.transaction import Transaction
-
-from .tools import (
-    BASE, SETTINGS, DatabaseTestCase, StatementCounter, create_parties,
-    create_scenario, email_activity, record_activities_of, run_due, setting,
-    smtp_server)
 
 MODULE = 'marketing_automation'
 

@@ -6,13 +6,12 @@ extra values in the template context"""
 import datetime as dt
 
 from trytond.model.exceptions import ValidationError
+from trytond.modules.marketing_automation.tests.tools import (
+    SETTINGS, DatabaseTestCase, email_activity, record_activities_of,
+    smtp_server)
 from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import with_transaction
-
-from .tools import (
-    SETTINGS, DatabaseTestCase, email_activity, record_activities_of,
-    smtp_server)
 
 VOUCHER = 'marketing.automation.test.voucher'
 

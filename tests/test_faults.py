@@ -35,7 +35,7 @@ from collections import Counter
 from email.utils import parseaddr
 from urllib.parse import urlsplit
 
-from .tools import (
+from trytond.modules.marketing_automation.tests.tools import (
     DROP, AdminDatabases, SMTPServer, logging_config, run_process,
     start_process, stop_process)
 

@@ -5,13 +5,12 @@ as Postfix, Exim, Gmail, Yahoo and Outlook.com write them"""
 from email.message import EmailMessage
 from email.policy import SMTP
 
+from trytond.modules.marketing_automation.tests.tools import (
+    EXTRAS, SETTINGS, DatabaseTestCase, create_parties, create_scenario,
+    email_activity, follow, smtp_server)
 from trytond.pool import Pool
 from trytond.tests.test_tryton import DB_NAME, with_transaction
 from trytond.transaction import Transaction
-
-from .tools import (
-    EXTRAS, SETTINGS, DatabaseTestCase, create_parties, create_scenario,
-    email_activity, follow, smtp_server)
 
 BOUNCES = 'bounces.example.com'
 

@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 from sql import Null
 
 from trytond import backend
+from trytond.modules.marketing_automation.tests.tools import (
+    follow, run_process, setting, smtp_server)
 from trytond.pool import Pool
 from trytond.transaction import Transaction
-
-from .tools import follow, run_process, setting, smtp_server
 
 # The databases of Tryton's own module travel with the tests: a clone
 # anywhere runs them, and fails without them rather than skip

@@ -12,15 +12,14 @@ from types import SimpleNamespace
 from trytond.model.exceptions import ValidationError
 from trytond.modules.marketing_automation import deferral
 from trytond.modules.marketing_automation.deferral import Window
+from trytond.modules.marketing_automation.tests.tools import (
+    SETTINGS, DatabaseTestCase, create_parties, create_scenario,
+    email_activity, record_activities_of, smtp_server)
 from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import with_transaction
 from trytond.tools import timezone as tz
 from trytond.transaction import Transaction
-
-from .tools import (
-    SETTINGS, DatabaseTestCase, create_parties, create_scenario,
-    email_activity, record_activities_of, smtp_server)
 
 BRUSSELS = tz.get_tzinfo('Europe/Brussels')
 NEW_YORK = tz.get_tzinfo('America/New_York')

@@ -18,14 +18,14 @@ from collections import Counter
 from aiosmtpd.smtp import SMTP
 from sql import Column, Table
 
+from trytond.modules.marketing_automation.tests.test_faults import (
+    BACKEND, FaultTestCase, FaultySMTPServer)
+from trytond.modules.marketing_automation.tests.tools import (
+    SETTINGS, DatabaseTestCase, SMTPServer, _Controller, _Handler,
+    create_parties, create_scenario, email_activity, setting, smtp_server)
 from trytond.pool import Pool
 from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
-
-from .test_faults import BACKEND, FaultTestCase, FaultySMTPServer
-from .tools import (
-    SETTINGS, DatabaseTestCase, SMTPServer, _Controller, _Handler,
-    create_parties, create_scenario, email_activity, setting, smtp_server)
 
 # Longer than the timeout of the tests: the client hangs up first
 STALL = 5
@@ -193,7 +193,7 @@ class PacingOutboxTestCase(DatabaseTestCase):
     @with_transaction()
     def test_pacing_smtp_uri_timeout(self):
         "The timeout of [email] uri wins over the module's default"
-        from ..pacing import smtp_uri
+        from trytond.modules.marketing_automation.pacing import smtp_uri
         with setting('email', 'uri', 'smtp://u:p%40ss@mail:25?timeout=7'):
             self.assertEqual(
                 smtp_uri(), 'smtp://u:p%40ss@mail:25?timeout=7')
@@ -287,7 +287,7 @@ class PacingOutboxTestCase(DatabaseTestCase):
     def test_pacing_backoff_holds(self):
         """While the server keeps refusing, the back-off doubles up to its
         longest spacing and holds; a claim reserves one email at a time"""
-        from .. import pacing
+        from trytond.modules.marketing_automation import pacing
         with setting('marketing', 'automation_rate', '10'):
             slots = pacing.reserve(5)
             self.assertEqual((len(slots), slots.step), (5, 0.1))
@@ -312,7 +312,7 @@ class PacingOutboxTestCase(DatabaseTestCase):
         """Each email that the server accepts during a back-off halves it
         and shortens the time reserved after it; below the shortest
         back-off, the claims are reserved whole at the rate again"""
-        from .. import pacing
+        from trytond.modules.marketing_automation import pacing
         step = 0.
         for _ in range(3):
             pacing.slow_down(step)
@@ -334,7 +334,7 @@ class PacingOutboxTestCase(DatabaseTestCase):
     def test_pacing_give_back(self):
         """The send times of emails that go back to the outbox unsent are
         given back, unless another sender reserved after them"""
-        from .. import pacing
+        from trytond.modules.marketing_automation import pacing
         with setting('marketing', 'automation_rate', '10'):
             first = pacing.reserve(10)
             pacing.give_back(first, 4)

@@ -6,13 +6,12 @@ import datetime as dt
 
 from lxml import etree
 
+from trytond.modules.marketing_automation.tests.tools import (
+    DatabaseTestCase, StatementCounter, create_parties, create_scenario,
+    email_activity)
 from trytond.pool import Pool
 from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
-
-from .tools import (
-    DatabaseTestCase, StatementCounter, create_parties, create_scenario,
-    email_activity)
 
 MODULE = 'marketing_automation'
 # XML id: model, from INTERFACE.md

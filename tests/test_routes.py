@@ -33,15 +33,14 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 import trytond.config as config
+from trytond.modules.marketing_automation.tests.tools import (
+    BROWSER, AdminDatabases, DatabaseTestCase, follow, free_port, open_images,
+    restore_configuration, start_process, start_smtp_server, stop_process,
+    tracked, unsubscribe_links)
 from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import DB_NAME
 from trytond.transaction import Transaction
-
-from .tools import (
-    BROWSER, AdminDatabases, DatabaseTestCase, follow, free_port, open_images,
-    restore_configuration, start_process, start_smtp_server, stop_process,
-    tracked, unsubscribe_links)
 
 MODULE = 'marketing_automation'
 BASE = 'http://track.example.com'

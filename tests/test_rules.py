@@ -3,12 +3,11 @@
 """What a marketer may change of a scenario and of its records once the
 scenario has moved on"""
 from trytond.model.exceptions import AccessError, ValidationError
+from trytond.modules.marketing_automation.tests.tools import (
+    DatabaseTestCase, create_parties, create_scenario, email_activity)
 from trytond.pool import Pool
 from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction, check_access
-
-from .tools import (
-    DatabaseTestCase, create_parties, create_scenario, email_activity)
 
 
 class RulesTestCase(DatabaseTestCase):

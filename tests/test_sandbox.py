@@ -12,17 +12,16 @@ import shutil
 import tempfile
 
 from trytond.model.exceptions import AccessError, ValidationError
+from trytond.modules.marketing_automation import email_
+from trytond.modules.marketing_automation.tests.tools import (
+    BASE, SETTINGS, DatabaseTestCase, create_parties, create_scenario,
+    create_user, email_activity, follow, forget_records, record_activities_of,
+    run_due, setting, smtp_server, tracked, unsubscribe_links)
 from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
 from trytond.url import http_host
-
-from .. import email_
-from .tools import (
-    BASE, SETTINGS, DatabaseTestCase, create_parties, create_scenario,
-    create_user, email_activity, follow, forget_records, record_activities_of,
-    run_due, setting, smtp_server, tracked, unsubscribe_links)
 
 MODULE = 'marketing_automation'
 HTML = (

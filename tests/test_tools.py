@@ -6,15 +6,14 @@ None of them may touch the records, the statistics or the reports."""
 import datetime as dt
 
 from trytond.exceptions import UserError
+from trytond.modules.marketing_automation.tests.tools import (
+    SETTINGS, DatabaseTestCase, create_parties, create_scenario,
+    email_activity, follow, free_port, html_part, links, record_activities_of,
+    setting, smtp_server, text_part, unsubscribe_links)
 from trytond.pool import Pool
 from trytond.pyson import Eval, PYSONDecoder, PYSONEncoder
 from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
-
-from .tools import (
-    SETTINGS, DatabaseTestCase, create_parties, create_scenario,
-    email_activity, follow, free_port, html_part, links, record_activities_of,
-    setting, smtp_server, text_part, unsubscribe_links)
 
 
 def run_wizard(name, record, *transitions, commit=False, **values):

@@ -11,11 +11,11 @@ import sys
 
 import polib
 
+from trytond.modules.marketing_automation.tests import extension
+from trytond.modules.marketing_automation.tests.tools import (
+    EXTRAS, DatabaseTestCase)
 from trytond.pool import Pool
 from trytond.tests.test_tryton import with_transaction
-
-from . import extension
-from .tools import EXTRAS, DatabaseTestCase
 
 MODULE = 'marketing_automation'
 LOCALE = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'locale')
