@@ -124,12 +124,17 @@ def cancel_siblings(record_activities):
         if activity.negative:
             by_parent[str(activity.parent)].append(record_activity)
     for parent, negatives in by_parent.items():
-        siblings = Activity.search([('parent', '=', parent)])
-        for sibling in timed_out([n.activity for n in negatives], siblings):
+        by_event = defaultdict(list)
+        for sibling in timed_out(
+                [n.activity for n in negatives],
+                Activity.search([('parent', '=', parent)])):
+            by_event[sibling.event].append(sibling)
+        # One cancel by event, as the siblings on it end together
+        for event, siblings in by_event.items():
             RecordActivity.cancel_waiting(
                 [n.record.id for n in negatives
-                    if n.activity.event == sibling.event],
-                [sibling])
+                    if n.activity.event == event],
+                siblings)
 
 
 def move_on(events, event, at, route=False):
