@@ -12,7 +12,8 @@ from trytond.pool import Pool
 from trytond.transaction import Transaction
 from trytond.wizard import Button, StateView, Wizard
 
-from . import sandbox
+from . import sandbox, tree
+from .activity import delay_text
 from .marketing_automation import current_time
 from .mixin import by_company, company_context
 from .preview import record_models, sample
@@ -56,17 +57,19 @@ def holds(activity, record):
 def timeline(activities, record, enrolment, start=None, depth=0):
     """Yield the steps of the tree of activities for record enrolled at
     enrolment: each activity with the time it would run at the earliest,
-    the delays since the enrolment and the event it waits for"""
+    the delays since the enrolment and what starts its delay"""
     if start is None:
         start = enrolment
+    language = Transaction().language or 'en'
     for activity in activities:
         at = start + (activity.delay or dt.timedelta())
         yield {
             'activity': activity.id,
             'name': '\u2003' * depth + activity.rec_name,
             'at': at,
-            'delay': at - enrolment,
+            'delay': delay_text(at - enrolment, language),
             'on': activity.on,
+            'starts_on': tree.starts_on(activity),
             'condition': holds(activity, record) if record else None,
             }
         yield from timeline(
@@ -91,14 +94,21 @@ class DryRunStep(ModelView):
     activity = fields.Many2One(
         'marketing.automation.activity', "Activity", readonly=True)
     name = fields.Char("Name", readonly=True)
-    at = fields.DateTime("At", readonly=True)
-    delay = fields.TimeDelta(
-        "Delay", readonly=True,
-        help="The delays added up along the branch since the enrolment; "
-        "from the event for an activity that waits for one.")
+    at = fields.DateTime(
+        "Runs At", readonly=True,
+        help="When the activity runs for a record enrolled now, at the "
+        "earliest: each event it waits for happening at once.")
+    delay = fields.Char(
+        "Since Enrolment", readonly=True,
+        help="The delays added up along the branch since the enrolment.")
     on = fields.Selection('get_events', "On", readonly=True)
+    starts_on = fields.Selection([
+            ('delay', "After its delay"),
+            ('event', "After its event and delay"),
+            ('no_event', "If no event by the end of its delay"),
+            ], "Runs", readonly=True)
     condition = fields.Boolean(
-        "Condition", readonly=True,
+        "Condition Holds", readonly=True,
         help="Whether the condition holds for the sample record now.")
 
     @classmethod

@@ -142,7 +142,8 @@ class Email(metaclass=PoolMeta):
 
     @classmethod
     def marketing_automation_link_record_activities(cls):
-        """Link the emails of an earlier version to their record activity
+        """Link the emails sent by Tryton's own module, which knew only
+        their record and activity, to their record activity
 
         The record activities call it once their table is complete."""
         pool = Pool()

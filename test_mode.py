@@ -1,10 +1,10 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
-"""Walk a scenario for one record, in test mode
+"""Run a scenario for one record, in test mode
 
 The tree runs for the chosen record with its delays skipped: each email
 goes as a test email to the address typed in. The marketer says what the
-recipient does, open, click or nothing, to walk down the branches. No
+recipient does, open, click or nothing, to go down the branches. No
 record is enrolled and nothing counts in a statistic or a report."""
 import json
 
@@ -23,9 +23,9 @@ OPENED = {'email_opened'}
 CLICKED = {'email_opened', 'email_clicked'}
 
 
-class Walk:
-    """The walk of the tree for a record: the activities that wait for an
-    event and what happened so far"""
+class TestModeRun:
+    """The run of the tree for a record in test mode: the activities that
+    wait for an event and what happened so far"""
 
     def __init__(self, record, address, waiting=(), emails=(), log=''):
         self.record = record
@@ -67,7 +67,7 @@ class Walk:
                 'marketing_automation.msg_test_mode_sent',
                 activity=activity.rec_name, subject=email.subject))
 
-    def happen(self, events):
+    def move_on(self, events):
         """Run the activities that wait for events and cancel their
         negative siblings, or when events is empty, as their delays run
         out, run the negative ones and cancel their positive siblings"""
@@ -88,7 +88,7 @@ class Walk:
         self.run(due)
 
     def say(self, line):
-        "Add line to the log of the walk"
+        "Add line to the log of the run"
         self.lines.append(line)
 
     @property
@@ -180,38 +180,38 @@ class TestMode(Wizard):
             }
 
     def default_step(self, fields):
-        return self._walk().values
+        return self._run().values
 
-    def _walk(self):
+    def _run(self):
         step = self.step
-        return Walk(
+        return TestModeRun(
             self.start.record, self.start.address,
             waiting=json.loads(getattr(step, 'waiting', None) or '[]'),
             emails=[e.id for e in getattr(step, 'emails', None) or []],
             log=getattr(step, 'log', None) or '')
 
-    def _walked(self, walk):
-        for name, value in walk.values.items():
+    def _show(self, test_run):
+        for name, value in test_run.values.items():
             setattr(self.step, name, value)
         return 'step'
 
     def transition_run_(self):
         self.start.address, = test_addresses(self.start.address)
-        walk = self._walk()
-        walk.run(self.record.activities)
-        return self._walked(walk)
+        test_run = self._run()
+        test_run.run(self.record.activities)
+        return self._show(test_run)
 
     def transition_opened(self):
-        walk = self._walk()
-        walk.happen(OPENED)
-        return self._walked(walk)
+        test_run = self._run()
+        test_run.move_on(OPENED)
+        return self._show(test_run)
 
     def transition_clicked(self):
-        walk = self._walk()
-        walk.happen(CLICKED)
-        return self._walked(walk)
+        test_run = self._run()
+        test_run.move_on(CLICKED)
+        return self._show(test_run)
 
     def transition_no_event(self):
-        walk = self._walk()
-        walk.happen(set())
-        return self._walked(walk)
+        test_run = self._run()
+        test_run.move_on(set())
+        return self._show(test_run)

@@ -71,11 +71,19 @@ def enrol(record_ids, activities, now):
                     where=where)))
 
 
+def starts_on(activity):
+    """Return what starts the delay of activity once its parent ran:
+    'delay' at once, 'event' its event, or 'no_event' at once too but it
+    runs only if its event did not happen by the end of the delay"""
+    if not activity.event:
+        return 'delay'
+    return 'no_event' if activity.negative else 'event'
+
+
 def waits_for_event(child):
     """Tell whether a child of an activity that ran waits for its event,
-    with no date yet; the others run when their delay ends, a negative one
-    only if its event did not happen by then"""
-    return bool(child.event) and not child.negative
+    with no date yet"""
+    return starts_on(child) == 'event'
 
 
 def moved_on(children, events):

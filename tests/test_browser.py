@@ -20,17 +20,13 @@ from urllib.parse import urlsplit
 
 from trytond.modules.marketing_automation.tests import sao
 from trytond.modules.marketing_automation.tests.tools import (
-    AdminDatabases, SMTPServer, free_port, links, logging_config,
+    TEMPLATE, AdminDatabases, SMTPServer, free_port, links, logging_config,
     start_process, stop_process)
 
 BIN = os.path.dirname(sys.executable)
 BACKEND = urlsplit(os.environ.get(
         'TRYTOND_DATABASE__URI', 'sqlite://')).scheme.split('+')[0]
 DATABASE = 'browser'
-TEMPLATE = (
-    '<html xmlns:py="http://genshi.edgewall.org/"><body>'
-    '<p>Dear ${record.name},</p>'
-    '<p><a href="https://www.tryton.org/">Tryton</a></p></body></html>')
 CONFIG = """\
 [database]
 uri = sqlite://

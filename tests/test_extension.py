@@ -7,10 +7,9 @@ import datetime as dt
 
 from trytond.model.exceptions import ValidationError
 from trytond.modules.marketing_automation.tests.tools import (
-    SETTINGS, DatabaseTestCase, email_activity, record_activities_of,
-    smtp_server)
+    SETTINGS, DatabaseTestCase, create_scenario, email_activity,
+    record_activities_of, smtp_server)
 from trytond.pool import Pool
-from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import with_transaction
 
 VOUCHER = 'marketing.automation.test.voucher'
@@ -36,18 +35,9 @@ def create_vouchers(prefix, phones):
                 } for i, (party, phone) in enumerate(zip(parties, phones))])
 
 
-def create_scenario(prefix, activities):
-    pool = Pool()
-    Scenario = pool.get('marketing.automation.scenario')
-    scenario, = Scenario.create([{
-                'name': prefix,
-                'model': VOUCHER,
-                'domain': PYSONEncoder().encode(
-                    [('code', 'like', prefix + '-%')]),
-                'activities': [('create', activities)],
-                }])
-    Scenario.run([scenario])
-    return scenario
+def create_voucher_scenario(prefix, activities):
+    "Create a scenario on the vouchers coded prefix-*"
+    return create_scenario(prefix, activities, model=VOUCHER)
 
 
 class ExtensionTestCase(DatabaseTestCase):
@@ -62,7 +52,7 @@ class ExtensionTestCase(DatabaseTestCase):
         RecordActivity = pool.get('marketing.automation.record.activity')
         self.assertIn(VOUCHER, dict(Scenario.get_models()))
         vouchers = create_vouchers('VO', [None, None])
-        scenario = create_scenario('VO', [email_activity(
+        scenario = create_voucher_scenario('VO', [email_activity(
                     email_title="Your voucher ${record.code}",
                     email_template='<p>Code ${record.code} for '
                     '${record.party.name}</p>')])
@@ -92,7 +82,7 @@ class ExtensionTestCase(DatabaseTestCase):
         RecordActivity = pool.get('marketing.automation.record.activity')
         TextMessage = pool.get('marketing.automation.test.text_message')
         create_vouchers('TX', ['+3200', '+3201', None])
-        scenario = create_scenario('TX', [{
+        scenario = create_voucher_scenario('TX', [{
                     'name': "Text",
                     'action': 'send_text',
                     'children': [('create', [
@@ -148,7 +138,7 @@ class ExtensionTestCase(DatabaseTestCase):
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
         with self.assertRaises(ValidationError) as cm:
-            create_scenario('EV', [{
+            create_voucher_scenario('EV', [{
                         'name': "Text",
                         'action': 'send_text',
                         'children': [('create', [email_activity(
@@ -156,10 +146,10 @@ class ExtensionTestCase(DatabaseTestCase):
                         }])
         self.assertIn('email_opened', cm.exception.message)
         with self.assertRaises(ValidationError):
-            create_scenario('EW', [email_activity(children=[('create', [
-                                email_activity(
-                                    on='text_replied',
-                                    email_title="${record.code}")])])])
+            create_voucher_scenario('EW', [email_activity(
+                        children=[('create', [email_activity(
+                                        on='text_replied',
+                                        email_title="${record.code}")])])])
         self.assertEqual(
             Activity.action_events()['send_text'], {'text_replied'})
 
@@ -170,7 +160,7 @@ class ExtensionTestCase(DatabaseTestCase):
         Scenario = pool.get('marketing.automation.scenario')
         RecordActivity = pool.get('marketing.automation.record.activity')
         create_vouchers('SH', [None])
-        scenario = create_scenario('SH', [email_activity(
+        scenario = create_voucher_scenario('SH', [email_activity(
                     email_title="${shout(record.code)}",
                     email_template='<p>${shout(record.party.name)}</p>')])
         with smtp_server() as sink:
@@ -182,10 +172,10 @@ class ExtensionTestCase(DatabaseTestCase):
 
         # The function is a value, not a way out of the sandbox
         with self.assertRaises(ValidationError):
-            create_scenario('SY', [email_activity(
+            create_voucher_scenario('SY', [email_activity(
                         email_template='<p>${shout.__globals__}</p>')])
         create_vouchers('SX', [None])
-        scenario = create_scenario('SX', [email_activity(
+        scenario = create_voucher_scenario('SX', [email_activity(
                     email_title="${record.code}",
                     email_template='<p>${shout.func_globals}</p>')])
         with smtp_server() as sink:

@@ -14,7 +14,7 @@ from trytond.modules.marketing_automation import deferral
 from trytond.modules.marketing_automation.deferral import Window
 from trytond.modules.marketing_automation.tests.tools import (
     SETTINGS, DatabaseTestCase, create_parties, create_scenario,
-    email_activity, record_activities_of, smtp_server)
+    email_activity, make_due, record_activities_of, smtp_server)
 from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import with_transaction
@@ -154,14 +154,6 @@ def age_emails(days):
                 [email.marketing_automation_sent_at - delta,
                     email.create_date - delta],
                 where=table.id == email.id))
-
-
-def make_due(record_activities):
-    pool = Pool()
-    RecordActivity = pool.get('marketing.automation.record.activity')
-    RecordActivity.write(list(record_activities), {
-            'at': dt.datetime.now() - dt.timedelta(minutes=1),
-            })
 
 
 def process(scenarios):

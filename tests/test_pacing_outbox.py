@@ -128,7 +128,8 @@ def outbox(prefix):
     return {r[0].split('<')[-1].rstrip('>'): r[1:] for r in cursor}
 
 
-def make_due():
+def retry_now():
+    "Make the pending emails due for their next try now"
     Email = Pool().get('ir.email')
     table = Email.__table__()
     cursor = Transaction().connection.cursor()
@@ -216,7 +217,7 @@ class PacingOutboxTestCase(DatabaseTestCase):
             self.assertEqual((status, attempts, claim), ('pending', 1, None))
             self.assertIn('timed out', error)
 
-        make_due()
+        retry_now()
         server = SMTPServer()
         deliver(server)
         self.assertEqual(received(server), Counter(addresses))
@@ -244,7 +245,7 @@ class PacingOutboxTestCase(DatabaseTestCase):
         server = SMTPServer()
         deliver(server)
         self.assertEqual(received(server), Counter(addresses[2:]))
-        make_due()
+        retry_now()
         deliver(server)
         self.assertEqual(
             received(stalling) + received(server), Counter(addresses))

@@ -34,9 +34,9 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 import trytond.config as config
 from trytond.modules.marketing_automation.tests.tools import (
-    BROWSER, AdminDatabases, DatabaseTestCase, follow, free_port, open_images,
-    restore_configuration, start_process, start_smtp_server, stop_process,
-    tracked, unsubscribe_links)
+    BROWSER, TEMPLATE, AdminDatabases, DatabaseTestCase, follow, free_port,
+    open_images, restore_configuration, start_process, start_smtp_server,
+    stop_process, tracked, unsubscribe_links)
 from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import DB_NAME
@@ -44,14 +44,6 @@ from trytond.transaction import Transaction
 
 MODULE = 'marketing_automation'
 BASE = 'http://track.example.com'
-TEMPLATE = (
-    '<html><body>'
-    '<p>Dear ${record.name},</p>'
-    '<p><a href="https://shop.example.com/offer">See the offer</a> '
-    '<a href="https://shop.example.com/news?a=1&amp;b=2">News</a></p>'
-    '<p><a href="unsubscribe">Unsubscribe</a> or '
-    '<a href="unsubscribe|https://shop.example.com/bye">leave us</a></p>'
-    '</body></html>')
 # Apple Mail Privacy Protection, a machine open of scanner.py
 MACHINE = 'Mozilla/5.0'
 SCANNER = 'Mozilla/5.0 (compatible; Barracuda Sentinel)'

@@ -265,15 +265,15 @@ class ToolsTestCase(DatabaseTestCase):
         self.assertEqual(kept, {"All": 2, "Some": 1})
         first, = Party.search([('code', '=', 'DR-000000')])
         self.assertEqual(view['record'], str(first))
-        steps = [(s['name'].strip('\u2003'), s['on'], s['delay'],
-                s['condition']) for s in view['steps']]
+        steps = [(s['name'].strip('\u2003'), s['on'], s['starts_on'],
+                s['delay'], s['condition']) for s in view['steps']]
         self.assertEqual(steps, [
-                ("All", None, dt.timedelta(), True),
-                ("Not clicked", 'email_clicked_not', dt.timedelta(days=2),
+                ("All", None, 'delay', "", True),
+                ("Not clicked", 'email_clicked_not', 'no_event', "2 days",
                     True),
-                ("Last call", None, dt.timedelta(days=3), True),
-                ("Opened", 'email_opened', dt.timedelta(hours=1), True),
-                ("Some", None, dt.timedelta(hours=2), True),
+                ("Last call", None, 'delay', "3 days", True),
+                ("Opened", 'email_opened', 'event', "1 hour", True),
+                ("Some", None, 'delay', "2 hours", True),
                 ])
         self.assertEqual(record_activities_of(scenario), before)
 

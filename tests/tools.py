@@ -45,7 +45,7 @@ __all__ = [
     'stop_process', 'run_process', 'free_port', 'AdminDatabases',
     'EXTRAS', 'activate_with_extras', 'create_user', 'TEMPLATE', 'BASE',
     'SETTINGS', 'email_activity', 'create_scenario', 'record_activities_of',
-    'forget_records', 'run_due']
+    'make_due', 'run_due']
 
 AUTOMATION_BASE = 'http://example.com'
 EMAIL_FROM = 'marketing@example.com'
@@ -271,7 +271,8 @@ def create_user(login, groups):
 TEMPLATE = (
     '<html xmlns:py="http://genshi.edgewall.org/"><body>'
     '<p>Dear ${record.name},</p>'
-    '<p><a href="https://shop.example.com/offer">See the offer</a></p>'
+    '<p><a href="https://shop.example.com/offer">See the offer</a> '
+    '<a href="https://shop.example.com/news?a=1&amp;b=2">News</a></p>'
     '<p><a href="unsubscribe">Unsubscribe</a> or '
     '<a href="unsubscribe|https://shop.example.com/bye">leave us</a></p>'
     '</body></html>')
@@ -314,13 +315,13 @@ def record_activities_of(scenario, **domain):
     return RecordActivity.search(clause, order=[('id', 'ASC')])
 
 
-def forget_records():
-    """Forget the records read by the transaction: the engine updates them
-    with SQL, which the ORM's caches do not see"""
-    transaction = Transaction()
-    for cache in transaction.cache.values():
-        cache.clear()
-    transaction.counter += 1
+def make_due(record_activities):
+    "Make the record activities due now, their delay over"
+    pool = Pool()
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    RecordActivity.write(list(record_activities), {
+            'at': dt.datetime.now() - dt.timedelta(minutes=1),
+            })
 
 
 def run_due():
