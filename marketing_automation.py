@@ -41,10 +41,6 @@ RELATIONS = {'many2one', 'one2one', 'one2many', 'many2many'}
 class DomainInvalid(ValueError):
     "What is wrong in a domain, in the marketer's words"
 
-    def __init__(self, message, **values):
-        super().__init__(gettext(
-                'marketing_automation.msg_domain_' + message, **values))
-
 
 def _show(value):
     "Return value as the marketer wrote it"
@@ -59,11 +55,17 @@ def check_domain(model, text):
     try:
         domain = PYSONDecoder({}).decode(text)
     except RecursionError:
-        raise DomainInvalid('too_deep', depth=DOMAIN_DEPTH)
+        raise DomainInvalid(gettext(
+                'marketing_automation.msg_domain_too_deep',
+                depth=DOMAIN_DEPTH))
     except Exception as exception:
-        raise DomainInvalid('not_json', exception=exception)
+        raise DomainInvalid(gettext(
+                'marketing_automation.msg_domain_not_json',
+                exception=exception))
     if not isinstance(domain, list):
-        raise DomainInvalid('not_list', value=_show(domain))
+        raise DomainInvalid(gettext(
+                'marketing_automation.msg_domain_not_list',
+                value=_show(domain)))
     check_clauses(model, domain)
     Model = Pool().get(model)
     try:
@@ -74,11 +76,13 @@ def check_domain(model, text):
             try:
                 Model.search([clause], order=[], query=True)
             except RecursionError:
-                raise DomainInvalid('endless', clause=_show(clause))
+                raise DomainInvalid(gettext(
+                        'marketing_automation.msg_domain_endless',
+                        clause=_show(clause)))
             except Exception as exception:
-                raise DomainInvalid(
-                    'clause_failed', clause=_show(clause),
-                    exception=exception)
+                raise DomainInvalid(gettext(
+                        'marketing_automation.msg_domain_clause_failed',
+                        clause=_show(clause), exception=exception))
         raise
 
 
@@ -103,17 +107,23 @@ def check_clauses(model, domain, depth=1):
     trytond reads what is not a clause as a list of clauses: a misspelt
     operator or "AND" would recurse until Python stops it."""
     if depth > DOMAIN_DEPTH:
-        raise DomainInvalid('too_deep', depth=DOMAIN_DEPTH)
+        raise DomainInvalid(gettext(
+                'marketing_automation.msg_domain_too_deep',
+                depth=DOMAIN_DEPTH))
     for index, item in enumerate(domain):
         if isinstance(item, str) and item in {'AND', 'OR'}:
             if index:
-                raise DomainInvalid('and_or_first', value=item)
+                raise DomainInvalid(gettext(
+                        'marketing_automation.msg_domain_and_or_first',
+                        value=item))
         elif _is_clause(item):
             check_clause(model, item)
         elif isinstance(item, list):
             check_clauses(model, item, depth + 1)
         else:
-            raise DomainInvalid('not_clause', value=_show(item))
+            raise DomainInvalid(gettext(
+                    'marketing_automation.msg_domain_not_clause',
+                    value=_show(item)))
 
 
 def _is_model(name):
@@ -128,17 +138,20 @@ def check_clause(model, clause):
     "Raise DomainInvalid when clause is not a clause on the fields of model"
     pool = Pool()
     if len(clause) not in {3, 4}:
-        raise DomainInvalid('not_clause', value=_show(clause))
+        raise DomainInvalid(gettext(
+                'marketing_automation.msg_domain_not_clause',
+                value=_show(clause)))
     path, operator = clause[:2]
     if operator not in OPERATORS:
-        raise DomainInvalid(
-            'unknown_operator', operator=operator, clause=_show(clause),
-            operators=', '.join(OPERATORS))
+        raise DomainInvalid(gettext(
+                'marketing_automation.msg_domain_unknown_operator',
+                operator=operator, clause=_show(clause),
+                operators=', '.join(OPERATORS)))
     names = path.split('.')
     for index, name in enumerate(names):
         Model = pool.get(model)
         if name not in Model._fields:
-            raise ValueError(sandbox.no_field(model, name))
+            raise DomainInvalid(sandbox.no_field(model, name))
         field = Model._fields[name]
         if index == len(names) - 1:
             break
@@ -152,9 +165,10 @@ def check_clause(model, clause):
             # Read by the field or its searcher
             break
         else:
-            raise DomainInvalid(
-                'not_relation', field=name,
-                model=Model.__names__()['model'], path=path)
+            raise DomainInvalid(gettext(
+                    'marketing_automation.msg_domain_not_relation',
+                    field=name, model=Model.__names__()['model'],
+                    path=path))
 
 
 def check_domains(scenarios, name, refusal):

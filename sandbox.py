@@ -716,13 +716,16 @@ def check_names(text, parse, names, model=None):
     try:
         _check_scope(template.stream, scope, True)
     except _UnknownName as unknown:
-        raise _refused('unknown_name', name=unknown.name, line=_line(
-                text, r'(?<![\w.])%s\b' % re.escape(unknown.name)))
+        raise SandboxError(gettext(
+                'marketing_automation.msg_sandbox_unknown_name',
+                name=unknown.name, line=_line(
+                    text, r'(?<![\w.])%s\b' % re.escape(unknown.name))))
     except _UnknownField as unknown:
-        raise _refused('unknown_field',
-            model=_model_name(unknown.model), field=unknown.name,
-            line=_line(text, r'(?:\.\s*|[\'"])%s\b' % re.escape(
-                    unknown.name)))
+        raise SandboxError(gettext(
+                'marketing_automation.msg_sandbox_unknown_field',
+                model=_model_name(unknown.model), field=unknown.name,
+                line=_line(text, r'(?:\.\s*|[\'"])%s\b' % re.escape(
+                        unknown.name))))
 
 
 def helpers(lang):
@@ -857,7 +860,9 @@ def _eval_model(names, model):
     """Return the model of the record that the Eval of names gives to a
     condition on model, as ConditionEnvironment reads it, or None"""
     if names[0] != 'self':
-        raise _refused('condition_name', name=names[0])
+        raise SandboxError(gettext(
+                'marketing_automation.msg_sandbox_condition_name',
+                name=names[0]))
     for name in names[1:]:
         if not model:
             return None
