@@ -345,15 +345,23 @@ class Activity(ModelSQL, ModelView):
                         '.msg_activity_negative_delay_required',
                         activity=activity.rec_name))
 
+    @property
+    def record_model(self):
+        "The model of the records of the scenario, when it is known"
+        scenario = self.scenario
+        return scenario.model if scenario else None
+
     @classmethod
     def check_condition(cls, activities, field_names=None):
-        if field_names and 'condition' not in field_names:
+        # The fields of the record depend on the scenario
+        if field_names and not (field_names & {'condition', 'parent'}):
             return
         for activity in activities:
             if not activity.condition:
                 continue
             try:
-                sandbox.check_condition(activity.condition)
+                sandbox.check_condition(
+                    activity.condition, activity.record_model)
             except Exception as exception:
                 raise ConditionError(gettext(
                         'marketing_automation.msg_activity_invalid_condition',
@@ -362,16 +370,22 @@ class Activity(ModelSQL, ModelView):
 
     @classmethod
     def check_email(cls, activities, field_names=None):
+        pool = Pool()
+        Lang = pool.get('ir.lang')
+        lang = Lang.get()
         for name, parse in [
                 ('email_title', sandbox.email_title),
                 ('email_template', sandbox.email_template)]:
-            if field_names and name not in field_names:
+            if field_names and not (field_names & {name, 'parent'}):
                 continue
             for activity in activities:
                 text = getattr(activity, name)
                 try:
                     if text:
-                        parse(text)
+                        sandbox.check_names(
+                            text, parse,
+                            sandbox.known_names(activity.email_context(lang)),
+                            activity.record_model)
                 # Genshi raises a bare Exception for some syntax it cannot
                 # handle
                 except Exception as e:

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import re
 import string
+from collections import namedtuple
 from contextlib import contextmanager
 from decimal import Decimal
 from functools import lru_cache
@@ -19,6 +20,8 @@ from functools import lru_cache
 from genshi.core import START
 from genshi.template import MarkupTemplate, NewTextTemplate
 from genshi.template.base import EXEC, EXPR, INCLUDE, SUB
+from genshi.template.directives import (
+    DefDirective, ForDirective, MatchDirective, WithDirective)
 from genshi.template.eval import UNDEFINED, Code, LookupBase, UndefinedError
 from genshi.template.markup import MarkupTemplate as _MarkupTemplate
 
@@ -348,12 +351,8 @@ class _NoLoader:
 
 def _check_expression(code):
     "Refuse the Python of code that could leave the sandbox"
-    source = code.source if isinstance(code.source, str) else ''
-    try:
-        tree = ast.parse(source.strip(), mode='eval')
-    except SyntaxError:
-        tree = ast.parse(source.strip(), mode='exec')
-    for node in ast.walk(tree):
+    # The tree as written: the source of the values of py:with is not kept
+    for node in ast.walk(code.ast):
         if isinstance(node, ast.Name):
             if node.id.startswith('_'):
                 raise _private(node.id)
@@ -414,6 +413,8 @@ def _check_stream(stream):
             for directive in directives:
                 for code in _codes(directive):
                     _check_expression(code)
+                for assign in _assignments(directive):
+                    _assigned(assign)
             _check_stream(substream)
         elif kind is START:
             tag, attrs = data
@@ -444,6 +445,287 @@ def email_template(text):
 def email_title(text):
     "Return the checked Genshi text template of text"
     return _parse(NewTextTemplate, text)
+
+
+# The names that Genshi gives every template besides its data
+GENSHI_NAMES = frozenset({'defined', 'value_of'})
+
+
+def known_names(helpers):
+    """Return the names that a template may read, with helpers: the record,
+    the helpers and the builtins of the sandbox, and Genshi's own"""
+    return {'record'} | set(helpers) | set(BUILTINS) | GENSHI_NAMES
+
+
+# What an expression gives, as far as it can be known before rendering:
+# the record (many False) or the records (many True) of model
+Records = namedtuple('Records', ['model', 'many'])
+
+
+def _assignments(directive):
+    "Return the functions with which directive assigns its names"
+    if isinstance(directive, ForDirective):
+        return [directive.assign]
+    if isinstance(directive, WithDirective):
+        return [a for targets, _ in directive.vars for a in targets]
+    return []
+
+
+def _assigned(assign):
+    """Return the names that an assignment function of Genshi assigns, as
+    nested tuples, and refuse the targets that are not names"""
+    # Genshi keeps them only as the default of the function it builds
+    names, = assign.__defaults__
+
+    def check(names):
+        if names is None:
+            raise _refused('write')
+        if isinstance(names, tuple):
+            for name in names:
+                check(name)
+    check(names)
+    return names
+
+
+def _model_name(model):
+    IrModel = Pool().get('ir.model')
+    return IrModel.get_name(model)
+
+
+def field_type(model, name):
+    """Return what the field name of model gives, or None for a value or an
+    unknown model, and raise KeyError when model has no such field"""
+    try:
+        Model = Pool().get(model)
+    except KeyError:
+        return None
+    field = Model._fields[name]
+    if field._type in {'many2one', 'one2one'}:
+        return Records(field.get_target().__name__, False)
+    if field._type in {'one2many', 'many2many'}:
+        return Records(field.get_target().__name__, True)
+    return None
+
+
+def no_field(model, name):
+    "Return the message that model has no field name, in the user's words"
+    return gettext('marketing_automation.msg_no_field',
+        model=_model_name(model), field=name)
+
+
+class _UnknownField(Exception):
+    def __init__(self, model, name):
+        super().__init__(model, name)
+        self.model, self.name = model, name
+
+
+class _UnknownName(Exception):
+    def __init__(self, name):
+        super().__init__(name)
+        self.name = name
+
+
+def _type_of(node, scope):
+    """Return the Records that node gives, or None when it cannot be known,
+    and raise _UnknownField for a field that the model does not have"""
+    if isinstance(node, ast.Name):
+        return scope.get(node.id)
+    if isinstance(node, ast.Attribute):
+        owner = _type_of(node.value, scope)
+        if owner is not None and not owner.many:
+            return _field_of(owner.model, node.attr)
+    elif isinstance(node, ast.Subscript):
+        owner = _type_of(node.value, scope)
+        key = node.slice
+        if owner is None or not isinstance(key, ast.Constant):
+            return None
+        if owner.many and isinstance(key.value, int):
+            return Records(owner.model, False)
+        if not owner.many and isinstance(key.value, str):
+            # A record's item is its field
+            return _field_of(owner.model, key.value)
+    return None
+
+
+def _field_of(model, name):
+    try:
+        return field_type(model, name)
+    except KeyError:
+        raise _UnknownField(model, name)
+
+
+def _element(records):
+    "Return the type of an item of records"
+    if records is not None and records.many:
+        return Records(records.model, False)
+
+
+def _bind(scope, names, value=None):
+    "Bind names, as Genshi assigns them, in scope: a name gets value"
+    if isinstance(names, tuple):
+        for name in names:
+            _bind(scope, name)
+    else:
+        scope[names] = value
+
+
+def _check_names(tree, scope, closed):
+    """Refuse in tree a name that is not in scope when closed, or a field
+    that the model of a record does not have; return the type of tree"""
+    def walk(node, scope):
+        if isinstance(node, (
+                    ast.ListComp, ast.SetComp, ast.GeneratorExp,
+                    ast.DictComp)):
+            inner = dict(scope)
+            for generator in node.generators:
+                walk(generator.iter, inner)
+                target = generator.target
+                for name in ast.walk(target):
+                    if isinstance(name, ast.Name):
+                        inner[name.id] = None
+                if isinstance(target, ast.Name):
+                    inner[target.id] = _element(
+                        _type_of(generator.iter, inner))
+                for condition in generator.ifs:
+                    walk(condition, inner)
+            if isinstance(node, ast.DictComp):
+                walk(node.key, inner)
+                walk(node.value, inner)
+            else:
+                walk(node.elt, inner)
+            return
+        if isinstance(node, ast.Lambda):
+            for default in node.args.defaults + node.args.kw_defaults:
+                if default is not None:
+                    walk(default, scope)
+            inner = dict(scope)
+            arguments = node.args
+            for argument in (arguments.posonlyargs + arguments.args
+                    + arguments.kwonlyargs
+                    + [arguments.vararg, arguments.kwarg]):
+                if argument is not None:
+                    inner[argument.arg] = None
+            walk(node.body, inner)
+            return
+        if isinstance(node, ast.NamedExpr):
+            walk(node.value, scope)
+            scope[node.target.id] = _type_of(node.value, scope)
+            return
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
+            if closed and node.id not in scope:
+                raise _UnknownName(node.id)
+        elif isinstance(node, (ast.Attribute, ast.Subscript)):
+            _type_of(node, scope)
+        for child in ast.iter_child_nodes(node):
+            walk(child, scope)
+    scope = dict(scope)
+    walk(tree, scope)
+    if isinstance(tree, ast.Expression):
+        return _type_of(tree.body, scope)
+
+
+def _def_names(stream):
+    "Yield the names of the functions that py:def defines in stream"
+    for kind, data, pos in stream:
+        if kind is SUB:
+            directives, substream = data
+            for directive in directives:
+                if isinstance(directive, DefDirective):
+                    yield directive.name
+            yield from _def_names(substream)
+
+
+def _check_scope(stream, scope, closed):
+    "Check the names and the fields that the expressions of stream read"
+    for kind, data, pos in stream:
+        if kind is EXPR:
+            _check_names(data.ast, scope, closed)
+        elif kind is SUB:
+            directives, substream = data
+            inner, inner_closed = dict(scope), closed
+            for directive in directives:
+                inner_closed = _directive_scope(
+                    directive, inner, inner_closed)
+            _check_scope(substream, inner, inner_closed)
+        elif kind is START:
+            for name, value in data[1]:
+                if isinstance(value, list):
+                    _check_scope(value, scope, closed)
+
+
+def _directive_scope(directive, scope, closed):
+    """Check the expressions of directive and bind in scope the names that
+    it gives to its element; return whether the names are still known"""
+    if isinstance(directive, ForDirective):
+        # Genshi reads "x in items" as "iter(items)"
+        items, = directive.expr.ast.body.args
+        _check_names(directive.expr.ast, scope, closed)
+        names = _assigned(directive.assign)
+        _bind(scope, names, _element(_type_of(items, scope)))
+    elif isinstance(directive, WithDirective):
+        for targets, code in directive.vars:
+            value = _check_names(code.ast, scope, closed)
+            for assign in targets:
+                _bind(scope, _assigned(assign), value)
+    elif isinstance(directive, DefDirective):
+        for code in directive.defaults.values():
+            _check_names(code.ast, scope, closed)
+        for name in directive.args + [
+                directive.star_args, directive.dstar_args]:
+            if name:
+                scope[name] = None
+    elif isinstance(directive, MatchDirective):
+        # Its body renders where the element it matches is, whose names
+        # cannot be known here
+        scope['select'] = None
+        return False
+    else:
+        for code in _codes(directive):
+            _check_names(code.ast, scope, closed)
+    return closed
+
+
+# Where a template holds Python: ${...}, $name, the py: attributes and
+# elements and the {% %} directives of the text templates
+_EXPRESSIONS = re.compile(
+    r'\$\{.*?\}|\$[A-Za-z_][\w.]*'
+    r'|py:\w+\s*=\s*(?:"[^"]*"|\'[^\']*\')'
+    r'|<py:\w+[^>]*>|\{%.*?%\}', re.DOTALL)
+
+
+def _line(text, pattern):
+    """Return the line of text where an expression first matches pattern
+
+    Genshi's own positions are not exact."""
+    for expression in _EXPRESSIONS.finditer(text):
+        match = re.search(pattern, expression.group())
+        if match:
+            return text.count('\n', 0, expression.start() + match.start()) + 1
+    return 1
+
+
+def check_names(text, parse, names, model=None):
+    """Refuse text, a template parsed by parse, when an expression reads a
+    name other than names and those it defines, or a field that the record
+    of model does not have"""
+    template = parse(text)
+    scope = {name: None for name in names}
+    scope.update((name, None) for name in _def_names(template.stream))
+    if model:
+        scope['record'] = Records(model, False)
+    try:
+        _check_scope(template.stream, scope, True)
+    except _UnknownName as unknown:
+        raise SandboxError(gettext(
+                'marketing_automation.msg_sandbox_unknown_name',
+                name=unknown.name, line=_line(
+                    text, r'(?<![\w.])%s\b' % re.escape(unknown.name))))
+    except _UnknownField as unknown:
+        raise SandboxError(gettext(
+                'marketing_automation.msg_sandbox_unknown_field',
+                model=_model_name(unknown.model), field=unknown.name,
+                line=_line(text, r'(?:\.\s*|[\'"])%s\b' % re.escape(
+                        unknown.name))))
 
 
 def helpers(lang):
@@ -543,8 +825,10 @@ class ConditionEnvironment(EvalEnvironment):
             return default
 
 
-def check_condition(condition):
-    "Refuse a condition that does not parse or names a private value"
+def check_condition(condition, model=None):
+    """Refuse a condition that does not parse, names a private value, reads
+    another name than "self", or a field that the record of model does not
+    have"""
     PYSONDecoder({'self': {}}).decode(condition)
 
     def walk(value):
@@ -560,12 +844,53 @@ def check_condition(condition):
             for name in names:
                 if name.startswith('_') and not name.startswith('_parent_'):
                     raise _private(name)
+            if value.get('__class__') == 'Eval':
+                _eval_model(names, model)
+            elif value.get('__class__') == 'Get':
+                _check_get(value, model)
             for item in value.values():
                 walk(item)
         elif isinstance(value, list):
             for item in value:
                 walk(item)
     walk(json.loads(condition))
+
+
+def _eval_model(names, model):
+    """Return the model of the record that the Eval of names gives to a
+    condition on model, as ConditionEnvironment reads it, or None"""
+    if names[0] != 'self':
+        raise SandboxError(gettext(
+                'marketing_automation.msg_sandbox_condition_name',
+                name=names[0]))
+    for name in names[1:]:
+        if not model:
+            return None
+        if not name.startswith('_parent_'):
+            # A value, or the id of a record: the rest reads as the default
+            if name not in Pool().get(model)._fields:
+                raise SandboxError(no_field(model, name))
+            return None
+        parent = name[len('_parent_'):]
+        try:
+            target = field_type(model, parent)
+        except KeyError:
+            raise SandboxError(no_field(model, parent))
+        if target is None or target.many:
+            return None
+        model = target.model
+    return model
+
+
+def _check_get(value, model):
+    "Refuse the Get of a field that the record of the Eval does not have"
+    record, key = value.get('v'), value.get('k')
+    if (model and isinstance(record, dict)
+            and record.get('__class__') == 'Eval'
+            and isinstance(key, str)):
+        owner = _eval_model(str(record.get('v', '')).split('.'), model)
+        if owner and key not in Pool().get(owner)._fields:
+            raise SandboxError(no_field(owner, key))
 
 
 def condition_holds(condition, record):

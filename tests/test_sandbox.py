@@ -51,12 +51,17 @@ PAYLOADS = [
     ('email_template', '${record.__class__}', 'refused'),
     ('email_template', '${record.__class__.search([])}', 'refused'),
     ('email_template', '${record._record}', 'refused'),
-    ('email_template', '${record.search([])}', 'failed'),
+    # A method is no field of the record
+    ('email_template', '${record.search([])}', 'refused'),
     ('email_template',
-        "${record.write([record], {'name': 'pwned'})}", 'failed'),
-    ('email_template', '${record.save()}', 'failed'),
-    ('email_template', '${record.delete([record])}', 'failed'),
-    ('email_template', '${record.browse([1])}', 'failed'),
+        "${record.write([record], {'name': 'pwned'})}", 'refused'),
+    ('email_template', '${record.save()}', 'refused'),
+    ('email_template', '${record.delete([record])}', 'refused'),
+    ('email_template', '${record.browse([1])}', 'refused'),
+    # Where the record cannot be known before rendering
+    ('email_template', '${(record,)[0].search([])}', 'failed'),
+    ('email_template',
+        "${(record,)[0].write([record], {'name': 'pwned'})}", 'failed'),
     ('email_template', '${record.__queue__}', 'refused'),
     # trytond never reads a password hash
     ('email_template', '${record.create_uid.password_hash}', 'sent'),
@@ -132,7 +137,8 @@ PAYLOADS = [
     ('email_title', '{%% include %s %%}' % SECRET_FILE, 'refused'),
     ('email_title', "${open(%r).read()}" % SECRET_FILE, 'refused'),
     ('email_title', "${record.write([record], {'name': 'pwned'})}",
-        'failed'),
+        'refused'),
+    ('email_title', "${(record,)[0].save()}", 'failed'),
     ('email_title', '${(x for x in [1]).gi_frame.f_builtins}', 'failed'),
     # Conditions
     ('condition', pyson(eval_('self.__class__')), 'refused'),
