@@ -6,6 +6,7 @@ None of them may touch the records, the statistics or the reports."""
 import datetime as dt
 
 from trytond.exceptions import UserError
+from trytond.modules.marketing_automation.dry_run import LISTED
 from trytond.modules.marketing_automation.tests.tools import (
     SETTINGS, DatabaseTestCase, create_parties, create_scenario,
     email_activity, follow, free_port, html_part, links, record_activities_of,
@@ -225,11 +226,13 @@ class ToolsTestCase(DatabaseTestCase):
 
     @with_transaction()
     def test_dry_run(self):
-        """The dry run counts the records to enrol, those each root activity
-        keeps, and lays out the tree; it changes nothing"""
+        """The dry run lists the records to enrol, counts those left out by
+        reason and those each root activity keeps, and lays out the tree; it
+        changes nothing"""
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
         Party = pool.get('party.party')
+        Record = pool.get('marketing.automation.record')
         Scenario = pool.get('marketing.automation.scenario')
         create_parties('DR', 3)
         opened = email_activity(
@@ -250,8 +253,12 @@ class ToolsTestCase(DatabaseTestCase):
                             ['DR-000000', 'DR-000003']))),
                 ])
         Scenario.trigger([scenario])
+        # 3 enrolled, 1 of them blocked; 2 new and 1 unsubscribed
+        Record.block(Record.search([
+                    ('scenario', '=', scenario.id),
+                    ('party.code', '=', 'DR-000001'),
+                    ]))
         before = record_activities_of(scenario)
-        # 3 enrolled, 2 new and 1 unsubscribed
         create_parties('DR', 3, start=3)
         unsubscribed, = Party.search([('code', '=', 'DR-000005')])
         Party.write([unsubscribed], {
@@ -260,6 +267,15 @@ class ToolsTestCase(DatabaseTestCase):
         view = run_wizard(
             'marketing.automation.scenario.dry_run', scenario)['start']
         self.assertEqual(view['enrol_count'], 2)
+        self.assertEqual(
+            (view['enrolled_count'], view['blocked_count'],
+                view['unsubscribed_count']),
+            (2, 1, 1))
+        to_enrol = Party.search(
+            [('code', 'in', ['DR-000003', 'DR-000004'])],
+            order=[('id', 'ASC')])
+        self.assertEqual(view['records'], [
+                {'record': str(p), 'party': p.id} for p in to_enrol])
         kept = {Activity(a['activity']).name: a['record_count']
             for a in view['activities']}
         self.assertEqual(kept, {"All": 2, "Some": 1})
@@ -276,6 +292,24 @@ class ToolsTestCase(DatabaseTestCase):
                 ("Some", None, 'delay', "2 hours", True),
                 ])
         self.assertEqual(record_activities_of(scenario), before)
+        self.assertEqual(
+            Record.search_count([('scenario', '=', scenario.id)]), 3)
+
+    @with_transaction()
+    def test_dry_run_listed(self):
+        "The dry run lists the first records to enrol and counts them all"
+        pool = Pool()
+        Party = pool.get('party.party')
+        create_parties('DL', LISTED + 3)
+        scenario = create_scenario('DL', [email_activity()])
+        view = run_wizard(
+            'marketing.automation.scenario.dry_run', scenario)['start']
+        self.assertEqual(view['enrol_count'], LISTED + 3)
+        first = Party.search(
+            [('code', 'like', 'DL-%')], order=[('id', 'ASC')],
+            limit=LISTED)
+        self.assertEqual(
+            [r['record'] for r in view['records']], [str(p) for p in first])
 
     @with_transaction()
     def test_test_mode(self):
