@@ -382,7 +382,8 @@ class ToolsTestCase(DatabaseTestCase):
 
     @with_transaction()
     def test_party_relates(self):
-        "A party relates to the scenarios it is in and to those it left"
+        """A party relates to the scenarios it is in, and to its records of
+        those it left, each with how and when it left"""
         pool = Pool()
         Action = pool.get('ir.action.act_window')
         ModelData = pool.get('ir.model.data')
@@ -392,20 +393,29 @@ class ToolsTestCase(DatabaseTestCase):
         create_parties('RL', 2)
         party, other = Party.search(
             [('code', 'like', 'RL-%')], order=[('code', 'ASC')])
-        stay, block, only_other = [
+        stay, block, leave, goal, only_other = [
             create_scenario('RL', [email_activity()], name=n)
-            for n in ["Stay", "Block", "Other"]]
+            for n in ["Stay", "Block", "Leave", "Goal", "Other"]]
+        leave.unsubscribable = True
+        leave.save()
         only_other.domain = PYSONEncoder().encode(
             [('code', '=', 'RL-000001')])
         only_other.save()
-        Scenario.trigger([stay, block, only_other])
-        Record.block(Record.search([
-                    ('scenario', '=', block.id), ('party', '=', party.id)]))
-        unsubscribed = create_scenario(
+        Scenario.trigger([stay, block, leave, goal, only_other])
+
+        def record_of(scenario):
+            record, = Record.search([
+                    ('scenario', '=', scenario.id),
+                    ('party', '=', party.id)])
+            return record
+        # Block does not unsubscribe, Leave does
+        Record.block([record_of(block), record_of(leave)])
+        Record.convert([record_of(goal)])
+        by_hand = create_scenario(
             'RL', [email_activity()], name="Unsubscribed")
         Party.write([party], {
                 'marketing_scenario_unsubscribed': [
-                    ('add', [unsubscribed.id])]})
+                    ('add', [by_hand.id])]})
 
         def related(xml_id):
             action = Action(ModelData.get_id('marketing_automation', xml_id))
@@ -413,12 +423,37 @@ class ToolsTestCase(DatabaseTestCase):
                     'active_model': 'party.party', 'active_id': party.id,
                     'active_ids': [party.id],
                     }).decode(action.pyson_domain)
-            return {s.name for s in Scenario.search(domain)}
+            return pool.get(action.res_model).search(domain)
 
-        self.assertEqual(related('act_scenario_form_relate_party'), {"Stay"})
         self.assertEqual(
-            related('act_scenario_form_relate_party_left'),
-            {"Block", "Unsubscribed"})
-        record, = Record.search([
-                ('scenario', '=', stay.id), ('party', '=', party.id)])
-        self.assertEqual(record.party, party)
+            {s.name for s in related('act_scenario_form_relate_party')},
+            {"Stay", "Goal"})
+        self.assertEqual(
+            {(r.scenario.name, r.left)
+                for r in related('act_scenario_form_relate_party_left')},
+            {("Block", 'blocked'), ("Leave", 'unsubscribed'),
+                ("Goal", 'converted')})
+
+        # The party form lists its records: when each entered, and how and
+        # when it left
+        party = Party(party.id)
+        records = {r.scenario.name: r for r in party.marketing_records}
+        self.assertEqual(
+            sorted(records), ["Block", "Goal", "Leave", "Stay"])
+        self.assertEqual(
+            {n: r.left for n, r in records.items()},
+            {"Stay": None, "Block": 'blocked', "Leave": 'unsubscribed',
+                "Goal": 'converted'})
+        self.assertIsNone(records["Stay"].left_date)
+        for name in ["Block", "Leave", "Goal"]:
+            record = records[name]
+            self.assertIsInstance(record.left_date, dt.datetime)
+            self.assertLessEqual(record.enrolled_date, record.left_date)
+        self.assertEqual(
+            records["Block"].left_date, records["Block"].blocked_date)
+        self.assertEqual(
+            records["Goal"].left_date, records["Goal"].converted)
+        self.assertEqual(records["Stay"].party, party)
+        self.assertEqual(
+            [r.scenario.name for r in Party(other.id).marketing_records
+                if r.scenario.name == "Other"], ["Other"])
