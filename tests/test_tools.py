@@ -8,7 +8,7 @@ import datetime as dt
 from trytond.exceptions import UserError
 from trytond.modules.marketing_automation.dry_run import LISTED
 from trytond.modules.marketing_automation.tests.tools import (
-    SETTINGS, DatabaseTestCase, create_parties, create_scenario,
+    SETTINGS, DatabaseTestCase, create_parties, create_scenario, create_user,
     email_activity, follow, free_port, html_part, links, record_activities_of,
     setting, smtp_server, text_part, unsubscribe_links)
 from trytond.pool import Pool
@@ -131,6 +131,41 @@ class ToolsTestCase(DatabaseTestCase):
         self.assertEqual(Record.search([('scenario', '=', scenario.id)]), [])
         self.assertEqual(scenario.record_count, 0)
         self.assertEqual(activity.record_count, 0)
+
+    @with_transaction()
+    def test_send_test_default(self):
+        """The Send Test and the test mode offer the user's address, none
+        when the user has none, and keep what the marketer typed"""
+        pool = Pool()
+        User = pool.get('res.user')
+        scenario = self.scenario('SD')
+        activity, = scenario.activities
+        marketer = create_user(
+            'sd_marketer', ['marketing.group_marketing', 'res.group_admin'])
+        with Transaction().set_user(marketer.id):
+            views = run_wizard(
+                'marketing.automation.activity.preview', activity,
+                ('start', 'test'))
+            self.assertNotIn('addresses', views['test'])
+            start = run_wizard(
+                'marketing.automation.scenario.test_mode', scenario)['start']
+            self.assertIsNone(start['address'])
+
+        User.write([marketer], {'email': 'marketer@example.com'})
+        with Transaction().set_user(marketer.id):
+            views = run_wizard(
+                'marketing.automation.activity.preview', activity,
+                ('start', 'test'))
+            self.assertEqual(
+                views['test']['addresses'], 'marketer@example.com')
+            views = run_wizard(
+                'marketing.automation.activity.preview', activity,
+                ('start', 'test'), ('test', 'start'), ('start', 'test'),
+                test={'addresses': 'other@example.com'})
+            self.assertEqual(views['test']['addresses'], 'other@example.com')
+            start = run_wizard(
+                'marketing.automation.scenario.test_mode', scenario)['start']
+            self.assertEqual(start['address'], 'marketer@example.com')
 
     @with_transaction()
     def test_send_test_after_commit(self):
