@@ -16,8 +16,8 @@ class Party(MarketingAutomationMixin, metaclass=PoolMeta):
         "Unsubscribed Marketing Scenarios",
         help="The scenarios that never enrol this party again.")
     marketing_records = fields.Function(
-        fields.One2Many(
-            'marketing.automation.record', None, "Marketing Scenarios",
+        fields.Many2Many(
+            'marketing.automation.record', None, None, "Marketing Scenarios",
             help="The scenarios the party was enrolled in: when, and how "
             "and when it left each one."),
         'get_marketing_records')

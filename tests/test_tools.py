@@ -388,7 +388,7 @@ class ToolsTestCase(DatabaseTestCase):
                 'Thanks: sent "[TEST] Thanks".',
                 ])
         # Nothing ran out: "Clicked" still waits, and no record was touched
-        self.assertEqual(step['waiting_activities'], 'Clicked (Email Clicked)')
+        self.assertEqual(step['waiting_activities'], 'Clicked (Clicked)')
         self.assertEqual(len(step['emails']), 3)
         self.assertTrue(all(
                 e.marketing_automation_test for e in Email.browse(
