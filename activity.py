@@ -65,10 +65,10 @@ class Activity(ModelSQL, ModelView):
         "by the end of the delay.")
     on = fields.Function(fields.Selection([
                 (None, ""),
-                ('email_opened', "Email Opened"),
-                ('email_opened_not', "Email Not Opened"),
-                ('email_clicked', "Email Clicked"),
-                ('email_clicked_not', "Email Not Clicked"),
+                ('email_opened', "Opened"),
+                ('email_opened_not', "Not Opened"),
+                ('email_clicked', "Clicked"),
+                ('email_clicked_not', "Not Clicked"),
                 ], "On",
             help="The event of the parent's email that the activity "
             "waits for."),
@@ -86,7 +86,7 @@ class Activity(ModelSQL, ModelView):
         "hours:minutes: \"2d 04:30\" is two days and four and a half "
         "hours, \"00:15\" a quarter of an hour.")
     delay_text = fields.Function(
-        fields.Char("Delay"), 'get_delay_text')
+        fields.Char("Delay"), 'on_change_with_delay_text')
     action = fields.Selection([
             (None, ""),
             ('send_email', "Send Email"),
@@ -252,7 +252,8 @@ class Activity(ModelSQL, ModelView):
             parent = parent.parent
         return parent.id if parent else None
 
-    def get_delay_text(self, name):
+    @fields.depends('delay')
+    def on_change_with_delay_text(self, name=None):
         if self.delay:
             return delay_text(self.delay, Transaction().language or 'en')
 

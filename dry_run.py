@@ -2,9 +2,10 @@
 # this repository contains the full copyright notices and license terms.
 """Know who will get a scenario before it runs: the dry run
 
-It counts the records that the trigger would enrol now, and those that the
-condition of each root activity keeps, and lays out the tree for a sample
-record. It reads and writes nothing else."""
+It lists the records that the trigger would enrol now, counts those it
+leaves out and why, and those that the condition of each root activity
+keeps, and lays out the tree for a sample record. It reads and writes
+nothing else."""
 import datetime as dt
 
 from trytond.model import ModelView, fields
@@ -14,33 +15,73 @@ from trytond.wizard import Button, StateView, Wizard
 
 from . import sandbox, tree
 from .activity import delay_text
-from .marketing_automation import current_time
+from .batch import sliced
+from .marketing_automation import current_time, get_models
 from .mixin import by_company, company_context
 from .preview import record_models, sample
 
+# The records to enrol that the dry run lists: the counts cover them all
+LISTED = 100
 
-def counts(scenario):
-    """Return the number of records that the trigger would enrol in scenario
-    now, and how many of them the condition of each root activity keeps, by
-    activity"""
+
+class Who:
+    """Who the trigger would enrol in a scenario now, and who it leaves out:
+    the records already enrolled, blocked, or whose party unsubscribed"""
+
+    def __init__(self):
+        self.to_enrol = 0
+        self.listed = []
+        self.enrolled = 0
+        self.blocked = 0
+        self.unsubscribed = 0
+        self.kept = {}
+
+
+def who(scenario):
+    """Return Who of scenario: the records to enrol, the first LISTED of
+    them, those left out by reason, and how many of the records to enrol the
+    condition of each root activity keeps, by activity"""
     pool = Pool()
-    Record = pool.get('marketing.automation.record')
     Model = pool.get(scenario.model)
-    count, kept = 0, dict.fromkeys(scenario.activities, 0)
+    result = Who()
+    result.kept = dict.fromkeys(scenario.activities, 0)
     # The records of every company, whichever the user works in, each one
     # checked in its company
     with Transaction().set_context(company=None):
+        result.unsubscribed = Model.search_count([
+                scenario.pyson_domain,
+                ('marketing_party', 'in', scenario._unsubscribed_parties()),
+                ])
         for ids in scenario.candidates():
-            enrolled = Record.enrolled(scenario, ids)
-            ids = [i for i in ids if i not in enrolled]
-            count += len(ids)
+            blocked = enrolments(scenario, ids)
+            result.blocked += sum(1 for b in blocked.values() if b)
+            result.enrolled += sum(1 for b in blocked.values() if not b)
+            ids = [i for i in ids if i not in blocked]
+            result.to_enrol += len(ids)
+            result.listed.extend(ids[:LISTED - len(result.listed)])
             for company, company_ids in by_company(Model, ids).items():
                 with Transaction().set_context(company_context(company)):
                     records = Model.browse(company_ids)
-                    for activity in kept:
-                        kept[activity] += sum(
+                    for activity in result.kept:
+                        result.kept[activity] += sum(
                             1 for r in records if holds(activity, r))
-    return count, kept
+    return result
+
+
+def enrolments(scenario, ids):
+    "Return whether it is blocked, for those of ids enrolled in scenario"
+    pool = Pool()
+    Record = pool.get('marketing.automation.record')
+    record = Record.__table__()
+    cursor = Transaction().connection.cursor()
+    references = {'%s,%s' % (scenario.model, i): i for i in ids}
+    result = {}
+    for sub_references in sliced(list(references)):
+        cursor.execute(*record.select(record.record, record.blocked,
+                where=(record.scenario == scenario.id)
+                & record.record.in_(list(sub_references))))
+        result.update((references[r], bool(b)) for r, b in cursor)
+    return result
 
 
 def holds(activity, record):
@@ -74,6 +115,19 @@ def timeline(activities, record, enrolment, start=None, depth=0):
             }
         yield from timeline(
             activity.children, record, enrolment, at, depth + 1)
+
+
+class DryRunRecord(ModelView):
+    "Dry run record to enrol"
+    __name__ = 'marketing.automation.scenario.dry_run.record'
+
+    record = fields.Reference(
+        "Record", selection='get_models', readonly=True)
+    party = fields.Many2One('party.party', "Party", readonly=True)
+
+    @classmethod
+    def get_models(cls):
+        return get_models()
 
 
 class DryRunActivity(ModelView):
@@ -126,8 +180,24 @@ class DryRunShow(ModelView):
         'marketing.automation.scenario', "Scenario", readonly=True)
     enrol_count = fields.Integer(
         "Records to Enrol", readonly=True,
-        help="How many records the trigger would enrol now, the parties "
-        "unsubscribed removed.")
+        help="How many records the domain matches now that the trigger "
+        "would enrol: those left out below are not counted.")
+    records = fields.One2Many(
+        'marketing.automation.scenario.dry_run.record', None,
+        "Who Would Enrol", readonly=True,
+        help="The first %s records to enrol: open one by its link." % LISTED)
+    enrolled_count = fields.Integer(
+        "Already Enrolled", readonly=True,
+        help="The records the domain matches that are enrolled already: "
+        "a record enters a scenario only once.")
+    blocked_count = fields.Integer(
+        "Blocked", readonly=True,
+        help="The records the domain matches that were enrolled and then "
+        "blocked: they get nothing more from the scenario.")
+    unsubscribed_count = fields.Integer(
+        "Unsubscribed", readonly=True,
+        help="The records the domain matches whose party unsubscribed from "
+        "the scenario: it never enrols them again.")
     activities = fields.One2Many(
         'marketing.automation.scenario.dry_run.activity', None,
         "Root Activities", readonly=True)
@@ -165,13 +235,26 @@ class DryRun(Wizard):
     def default_start(self, fields):
         scenario = self.record
         record = sample(scenario)
-        count, kept = counts(scenario)
+        pool = Pool()
+        Model = pool.get(scenario.model)
+        found = who(scenario)
+        with Transaction().set_context(company=None):
+            listed = Model.browse(found.listed)
+            records = [{
+                    'record': str(r),
+                    'party': (
+                        r.marketing_party.id if r.marketing_party else None),
+                    } for r in listed]
         return {
             'scenario': scenario.id,
-            'enrol_count': count,
+            'enrol_count': found.to_enrol,
+            'records': records,
+            'enrolled_count': found.enrolled,
+            'blocked_count': found.blocked,
+            'unsubscribed_count': found.unsubscribed,
             'activities': [
                 {'activity': a.id, 'record_count': c}
-                for a, c in kept.items()],
+                for a, c in found.kept.items()],
             'record': str(record) if record else None,
             'steps': list(timeline(
                     scenario.activities, record, current_time())),

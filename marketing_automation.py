@@ -715,6 +715,28 @@ class Record(ModelSQL, ModelView):
     converted = fields.DateTime(
         "Converted", readonly=True,
         help="When the record met the goal of the scenario.")
+    blocked_date = fields.DateTime(
+        "Blocked On", readonly=True,
+        help="When the record was blocked.")
+    # How and when the record left its scenario, as the party form shows it
+    enrolled_date = fields.Function(
+        fields.DateTime(
+            "Enrolled On", help="When the record entered the scenario."),
+        'get_enrolled_date')
+    left = fields.Function(
+        fields.Selection([
+                (None, ""),
+                ('converted', "Converted"),
+                ('blocked', "Blocked"),
+                ('unsubscribed', "Unsubscribed"),
+                ], "Left As",
+            help="How the record left the scenario: it met the goal, it was "
+            "blocked, or its party unsubscribed from the scenario for good.\n"
+            "Empty while the record is in the scenario."),
+        'get_left')
+    left_date = fields.Function(
+        fields.DateTime("Left On", help="When the record left the scenario."),
+        'get_left')
     uuid = fields.Char("UUID", readonly=True, strip=False)
     record_activities = fields.One2Many(
         'marketing.automation.record.activity', 'record', "Activities",
@@ -743,6 +765,50 @@ class Record(ModelSQL, ModelView):
     def get_party(self, name):
         party = self.record.marketing_party if self.record else None
         return party.id if party else None
+
+    def get_enrolled_date(self, name):
+        return self.create_date.replace(microsecond=0)
+
+    @classmethod
+    def get_left(cls, records, names):
+        "Return how and when each record left: unsubscribed before blocked"
+        pool = Pool()
+        Unsubscribed = pool.get(
+            'party.party-unsubscribed-marketing.automation.scenario')
+        unsubscribed = Unsubscribed.__table__()
+        cursor = Transaction().connection.cursor()
+        parties = {r.id: r.party.id for r in records if r.party}
+        scenario_ids = {r.scenario.id for r in records}
+        when = {}
+        for sub_ids in sliced(sorted(set(parties.values()))):
+            cursor.execute(*unsubscribed.select(
+                    unsubscribed.party, unsubscribed.scenario,
+                    unsubscribed.create_date,
+                    where=reduce_ids(unsubscribed.party, sub_ids)
+                    & unsubscribed.scenario.in_(sorted(scenario_ids))))
+            for party, scenario, date in cursor:
+                when[party, scenario] = date
+        result = {n: {} for n in names}
+        for record in records:
+            key = (parties.get(record.id), record.scenario.id)
+            if key in when:
+                # The party may have unsubscribed by hand, with no block
+                left, date = 'unsubscribed', record.blocked_date or when[key]
+            elif record.blocked:
+                left, date = 'blocked', record.blocked_date
+            elif record.converted:
+                left, date = 'converted', record.converted
+            else:
+                left, date = None, None
+            if isinstance(date, str):
+                date = dt.datetime.fromisoformat(date)
+            if date:
+                date = date.replace(microsecond=0)
+            if 'left' in result:
+                result['left'][record.id] = left
+            if 'left_date' in result:
+                result['left_date'][record.id] = date
+        return result
 
     @classmethod
     def search_party(cls, name, clause):
@@ -796,6 +862,7 @@ class Record(ModelSQL, ModelView):
         default.setdefault('uuid', None)
         default.setdefault('blocked', False)
         default.setdefault('converted')
+        default.setdefault('blocked_date')
         default.setdefault('record_activities')
         return super().copy(records, default=default)
 
@@ -856,7 +923,7 @@ class Record(ModelSQL, ModelView):
         records = [r for r in records if not r.blocked]
         if not records:
             return
-        cls.write(records, {'blocked': True})
+        cls.write(records, {'blocked': True, 'blocked_date': current_time()})
         RecordActivity.cancel_waiting(records)
 
         unsubscribe = defaultdict(set)

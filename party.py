@@ -2,7 +2,7 @@
 # this repository contains the full copyright notices and license terms.
 
 from trytond.model import ModelSQL, fields
-from trytond.pool import PoolMeta
+from trytond.pool import Pool, PoolMeta
 
 from .mixin import MarketingAutomationMixin
 
@@ -15,10 +15,29 @@ class Party(MarketingAutomationMixin, metaclass=PoolMeta):
         'party', 'scenario',
         "Unsubscribed Marketing Scenarios",
         help="The scenarios that never enrol this party again.")
+    marketing_records = fields.Function(
+        fields.Many2Many(
+            'marketing.automation.record', None, None, "Marketing Scenarios",
+            help="The scenarios the party was enrolled in: when, and how "
+            "and when it left each one."),
+        'get_marketing_records')
     marketing_tracking_refused = fields.Boolean(
         "Refuse Marketing Tracking",
         help="If checked, the marketing emails to the party track neither "
         "opens nor clicks, whatever their scenario.")
+
+    @classmethod
+    def get_marketing_records(cls, parties, name):
+        pool = Pool()
+        Record = pool.get('marketing.automation.record')
+        result = {p.id: [] for p in parties}
+        records = Record.search([
+                ('party', 'in', [p.id for p in parties]),
+                ], order=[('create_date', 'DESC'), ('id', 'DESC')])
+        for record in records:
+            if record.party and record.party.id in result:
+                result[record.party.id].append(record.id)
+        return result
 
     def get_marketing_party(self, name):
         return self.id

@@ -247,9 +247,13 @@ class Preview(Wizard):
         return values
 
     def default_test(self, fields):
+        pool = Pool()
+        User = pool.get('res.user')
         if getattr(self.test, 'addresses', None):
             return {'addresses': self.test.addresses}
-        return {}
+        # The marketer tests on themselves first
+        user = User(Transaction().user)
+        return {'addresses': user.email} if user.email else {}
 
     def transition_send_(self):
         addresses = test_addresses(self.test.addresses)

@@ -193,6 +193,9 @@ class Activity(ModelSQL, ModelView):
 
     date = fields.Date("Date")
     activity = fields.Many2One('marketing.automation.activity', "Activity")
+    scenario = fields.Function(
+        fields.Many2One('marketing.automation.scenario', "Scenario"),
+        'get_scenario')
     activity_action = fields.Selection(
         'get_activity_actions', "Activity Action")
     record_count = fields.Integer("Records")
@@ -211,6 +214,9 @@ class Activity(ModelSQL, ModelView):
     def __setup__(cls):
         super().__setup__()
         cls._order = [('date', 'DESC'), ('activity', 'ASC'), ('id', 'ASC')]
+
+    def get_scenario(self, name):
+        return self.activity.scenario.id if self.activity else None
 
     @classmethod
     def get_activity_actions(cls):

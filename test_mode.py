@@ -12,6 +12,7 @@ from trytond.i18n import gettext
 from trytond.model import ModelView, fields
 from trytond.pool import Pool
 from trytond.pyson import Eval
+from trytond.transaction import Transaction
 from trytond.wizard import Button, StateTransition, StateView, Wizard
 
 from . import tree
@@ -173,10 +174,15 @@ class TestMode(Wizard):
     no_event = StateTransition()
 
     def default_start(self, fields):
+        pool = Pool()
+        User = pool.get('res.user')
         record = sample(self.record)
+        # The marketer tests on themselves first
+        user = User(Transaction().user)
         return {
             'scenario': self.record.id,
             'record': str(record) if record else None,
+            'address': user.email or None,
             }
 
     def default_step(self, fields):

@@ -11,7 +11,9 @@ Ctrl-C.
 Run it from the repository root with the Python of the virtual environment
 in which the module is installed: .venv/bin/python demo/run.py
 The ports can be changed with the DEMO_HTTP_PORT and DEMO_SMTP_PORT
-environment variables.
+environment variables, and the directory of its files (.demo/) with DEMO_DIR.
+
+Ctrl-C stops it and everything it started, and it exits with code 0.
 """
 import os
 import shutil
@@ -25,7 +27,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-DEMO_DIR = os.path.join(ROOT, '.demo')
+DEMO_DIR = os.environ.get('DEMO_DIR') or os.path.join(ROOT, '.demo')
 MAIL_DIR = os.path.join(DEMO_DIR, 'mail')
 SAO_DIR = os.path.join(DEMO_DIR, 'sao')
 SAO_STAMP = os.path.join(SAO_DIR, '.demo-installed')
@@ -187,7 +189,8 @@ def _install_sao(npm):
         subprocess.run(
             [npm, 'pack', '--silent', '--pack-destination', tmp,
                 SAO_PACKAGE],
-            check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+            check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            start_new_session=True)
         archive, = [n for n in os.listdir(tmp) if n.endswith('.tgz')]
         with tarfile.open(os.path.join(tmp, archive)) as tar:
             tar.extractall(tmp, filter='data')
@@ -197,7 +200,8 @@ def _install_sao(npm):
     subprocess.run(
         [npm, 'install', '--omit=dev', '--legacy-peer-deps', '--no-audit',
             '--no-fund', '--loglevel=error'],
-        cwd=SAO_DIR, check=True, stdin=subprocess.DEVNULL)
+        cwd=SAO_DIR, check=True, stdin=subprocess.DEVNULL,
+        start_new_session=True)
     if not os.path.isfile(os.path.join(SAO_DIR, 'index.html')):
         raise ValueError("sao has no index.html in %s" % SAO_DIR)
     with open(SAO_STAMP, 'w') as fp:
@@ -233,17 +237,22 @@ def create_database():
     # trytond-admin creates the tables only in an existing file
     open(path, 'wb').close()
     log("Creating the database %s (this takes a minute)..." % path)
+    # Each step runs in its own session, as the servers: Ctrl-C reaches only
+    # the demo, which stops the step (subprocess.run kills it), and no step
+    # prints a traceback of its own
     subprocess.run(
         [executable('trytond-admin'), '-c', CONFIG, '-d', DATABASE,
             '--all', '--activate-dependencies',
             '-u', 'marketing_automation', '-l', 'fr',
             '--email', 'admin@example.com'],
-        check=True, env=environ(), stdin=subprocess.DEVNULL)
+        check=True, env=environ(), stdin=subprocess.DEVNULL,
+        start_new_session=True)
     log("Adding the demo parties and scenario...")
     subprocess.run(
         [sys.executable, os.path.join(HERE, 'setup_demo.py'),
             '-c', CONFIG, '-d', DATABASE],
-        check=True, env=environ(), stdin=subprocess.DEVNULL)
+        check=True, env=environ(), stdin=subprocess.DEVNULL,
+        start_new_session=True)
 
 
 class Children:
@@ -342,9 +351,9 @@ def main():
         while True:
             children.check()
             time.sleep(1)
-    except Stop:
+    except (Stop, KeyboardInterrupt):
+        # After the ^C that the terminal echoes
         log()
-        log("Stopping...")
     except subprocess.CalledProcessError as exception:
         log("ERROR: %s" % exception)
         return 1

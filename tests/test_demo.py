@@ -1,14 +1,22 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
-"The configuration of the demo keeps every transaction whole"
+"""The configuration of the demo keeps every transaction whole, and Ctrl-C
+stops the demo cleanly"""
 import configparser
 import importlib.util
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
 import unittest
 
 from trytond.model.exceptions import ValidationError
 from trytond.modules.marketing_automation.tests.tools import (
-    DatabaseTestCase, setting)
+    DatabaseTestCase, free_port, setting)
 from trytond.pool import Pool
 from trytond.tests.test_tryton import DB_NAME
 from trytond.transaction import Transaction
@@ -66,3 +74,104 @@ class DemoConfigurationTestCase(DatabaseTestCase):
         finally:
             for context in reversed(stack):
                 context.__exit__(None, None, None)
+
+
+def processes_naming(text):
+    "Return the ids of the processes whose command line holds text"
+    found = []
+    for name in os.listdir('/proc'):
+        if not name.isdigit():
+            continue
+        try:
+            with open(os.path.join('/proc', name, 'cmdline'), 'rb') as file:
+                command = file.read().replace(b'\0', b' ').decode(
+                    errors='replace')
+        except OSError:
+            continue
+        if text in command:
+            found.append(int(name))
+    return found
+
+
+@unittest.skipUnless(os.path.isfile(DEMO), "no demo beside the tests")
+@unittest.skipUnless(os.path.isdir('/proc'), "no /proc to find the processes")
+class DemoStopTestCase(unittest.TestCase):
+    "Ctrl-C stops the demo and what it started, with no error"
+
+    def setUp(self):
+        super().setUp()
+        # Its own directory and ports: a demo may be running beside
+        self.directory = tempfile.mkdtemp(prefix='ma-demo-')
+        self.addCleanup(shutil.rmtree, self.directory, ignore_errors=True)
+        # The web client is not needed to stop
+        sao = os.path.join(self.directory, 'sao')
+        os.makedirs(sao)
+        open(os.path.join(sao, '.demo-installed'), 'w').close()
+
+    def test_ctrl_c_while_creating(self):
+        """Ctrl-C while the database is created stops the demo, the SMTP
+        server and trytond-admin, with one line and exit code 0"""
+        env = os.environ.copy()
+        env.update({
+                'DEMO_DIR': self.directory,
+                'DEMO_HTTP_PORT': str(free_port()),
+                'DEMO_SMTP_PORT': str(free_port()),
+                })
+        # In its own process group, as the foreground job of a terminal
+        demo = subprocess.Popen(
+            [sys.executable, '-P', DEMO], env=env, cwd=os.path.dirname(DEMO),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, start_new_session=True)
+        self.addCleanup(self.kill, demo)
+        lines, creating = [], threading.Event()
+
+        def read():
+            for line in demo.stdout:
+                line = line.decode(errors='replace')
+                lines.append(line)
+                if 'Creating the database' in line:
+                    creating.set()
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        self.assertTrue(creating.wait(120), ''.join(lines))
+        # Until trytond-admin works on the database
+        config = os.path.join(self.directory, 'trytond.conf')
+        deadline = time.monotonic() + 60
+        while not [p for p in processes_naming(config)
+                if 'trytond-admin' in self.command(p)]:
+            self.assertLess(time.monotonic(), deadline, ''.join(lines))
+            self.assertIsNone(demo.poll(), ''.join(lines))
+            time.sleep(0.05)
+        smtp = processes_naming(os.path.join(self.directory, 'mail'))
+        self.assertTrue(smtp)
+
+        # What a terminal does on Ctrl-C: SIGINT to its foreground job
+        os.killpg(demo.pid, signal.SIGINT)
+        self.assertEqual(demo.wait(60), 0, ''.join(lines))
+        reader.join(10)
+        output = ''.join(lines)
+        self.assertNotIn('Traceback', output)
+        self.assertNotIn('ERROR', output)
+        # One line after the database step began, and nothing else
+        after = output.split('Creating the database', 1)[1].splitlines()[1:]
+        self.assertEqual([l for l in after if l.strip()], ['[demo] Stopped'])
+        self.assertEqual(processes_naming(self.directory), [])
+
+    @staticmethod
+    def command(pid):
+        try:
+            with open('/proc/%s/cmdline' % pid, 'rb') as file:
+                return file.read().decode(errors='replace')
+        except OSError:
+            return ''
+
+    def kill(self, process):
+        "Leave no process behind a failing test"
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        for pid in processes_naming(self.directory):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -6,8 +6,9 @@ None of them may touch the records, the statistics or the reports."""
 import datetime as dt
 
 from trytond.exceptions import UserError
+from trytond.modules.marketing_automation.dry_run import LISTED
 from trytond.modules.marketing_automation.tests.tools import (
-    SETTINGS, DatabaseTestCase, create_parties, create_scenario,
+    SETTINGS, DatabaseTestCase, create_parties, create_scenario, create_user,
     email_activity, follow, free_port, html_part, links, record_activities_of,
     setting, smtp_server, text_part, unsubscribe_links)
 from trytond.pool import Pool
@@ -132,6 +133,41 @@ class ToolsTestCase(DatabaseTestCase):
         self.assertEqual(activity.record_count, 0)
 
     @with_transaction()
+    def test_send_test_default(self):
+        """The Send Test and the test mode offer the user's address, none
+        when the user has none, and keep what the marketer typed"""
+        pool = Pool()
+        User = pool.get('res.user')
+        scenario = self.scenario('SD')
+        activity, = scenario.activities
+        marketer = create_user(
+            'sd_marketer', ['marketing.group_marketing', 'res.group_admin'])
+        with Transaction().set_user(marketer.id):
+            views = run_wizard(
+                'marketing.automation.activity.preview', activity,
+                ('start', 'test'))
+            self.assertNotIn('addresses', views['test'])
+            start = run_wizard(
+                'marketing.automation.scenario.test_mode', scenario)['start']
+            self.assertIsNone(start['address'])
+
+        User.write([marketer], {'email': 'marketer@example.com'})
+        with Transaction().set_user(marketer.id):
+            views = run_wizard(
+                'marketing.automation.activity.preview', activity,
+                ('start', 'test'))
+            self.assertEqual(
+                views['test']['addresses'], 'marketer@example.com')
+            views = run_wizard(
+                'marketing.automation.activity.preview', activity,
+                ('start', 'test'), ('test', 'start'), ('start', 'test'),
+                test={'addresses': 'other@example.com'})
+            self.assertEqual(views['test']['addresses'], 'other@example.com')
+            start = run_wizard(
+                'marketing.automation.scenario.test_mode', scenario)['start']
+            self.assertEqual(start['address'], 'marketer@example.com')
+
+    @with_transaction()
     def test_send_test_after_commit(self):
         """A test email goes once, after its transaction commits: the
         wizard commits nothing, and a rollback sends nothing"""
@@ -225,11 +261,13 @@ class ToolsTestCase(DatabaseTestCase):
 
     @with_transaction()
     def test_dry_run(self):
-        """The dry run counts the records to enrol, those each root activity
-        keeps, and lays out the tree; it changes nothing"""
+        """The dry run lists the records to enrol, counts those left out by
+        reason and those each root activity keeps, and lays out the tree; it
+        changes nothing"""
         pool = Pool()
         Activity = pool.get('marketing.automation.activity')
         Party = pool.get('party.party')
+        Record = pool.get('marketing.automation.record')
         Scenario = pool.get('marketing.automation.scenario')
         create_parties('DR', 3)
         opened = email_activity(
@@ -250,8 +288,12 @@ class ToolsTestCase(DatabaseTestCase):
                             ['DR-000000', 'DR-000003']))),
                 ])
         Scenario.trigger([scenario])
+        # 3 enrolled, 1 of them blocked; 2 new and 1 unsubscribed
+        Record.block(Record.search([
+                    ('scenario', '=', scenario.id),
+                    ('party.code', '=', 'DR-000001'),
+                    ]))
         before = record_activities_of(scenario)
-        # 3 enrolled, 2 new and 1 unsubscribed
         create_parties('DR', 3, start=3)
         unsubscribed, = Party.search([('code', '=', 'DR-000005')])
         Party.write([unsubscribed], {
@@ -260,6 +302,15 @@ class ToolsTestCase(DatabaseTestCase):
         view = run_wizard(
             'marketing.automation.scenario.dry_run', scenario)['start']
         self.assertEqual(view['enrol_count'], 2)
+        self.assertEqual(
+            (view['enrolled_count'], view['blocked_count'],
+                view['unsubscribed_count']),
+            (2, 1, 1))
+        to_enrol = Party.search(
+            [('code', 'in', ['DR-000003', 'DR-000004'])],
+            order=[('id', 'ASC')])
+        self.assertEqual(view['records'], [
+                {'record': str(p), 'party': p.id} for p in to_enrol])
         kept = {Activity(a['activity']).name: a['record_count']
             for a in view['activities']}
         self.assertEqual(kept, {"All": 2, "Some": 1})
@@ -276,6 +327,24 @@ class ToolsTestCase(DatabaseTestCase):
                 ("Some", None, 'delay', "2 hours", True),
                 ])
         self.assertEqual(record_activities_of(scenario), before)
+        self.assertEqual(
+            Record.search_count([('scenario', '=', scenario.id)]), 3)
+
+    @with_transaction()
+    def test_dry_run_listed(self):
+        "The dry run lists the first records to enrol and counts them all"
+        pool = Pool()
+        Party = pool.get('party.party')
+        create_parties('DL', LISTED + 3)
+        scenario = create_scenario('DL', [email_activity()])
+        view = run_wizard(
+            'marketing.automation.scenario.dry_run', scenario)['start']
+        self.assertEqual(view['enrol_count'], LISTED + 3)
+        first = Party.search(
+            [('code', 'like', 'DL-%')], order=[('id', 'ASC')],
+            limit=LISTED)
+        self.assertEqual(
+            [r['record'] for r in view['records']], [str(p) for p in first])
 
     @with_transaction()
     def test_test_mode(self):
@@ -319,7 +388,7 @@ class ToolsTestCase(DatabaseTestCase):
                 'Thanks: sent "[TEST] Thanks".',
                 ])
         # Nothing ran out: "Clicked" still waits, and no record was touched
-        self.assertEqual(step['waiting_activities'], 'Clicked (Email Clicked)')
+        self.assertEqual(step['waiting_activities'], 'Clicked (Clicked)')
         self.assertEqual(len(step['emails']), 3)
         self.assertTrue(all(
                 e.marketing_automation_test for e in Email.browse(
@@ -348,7 +417,8 @@ class ToolsTestCase(DatabaseTestCase):
 
     @with_transaction()
     def test_party_relates(self):
-        "A party relates to the scenarios it is in and to those it left"
+        """A party relates to the scenarios it is in, and to its records of
+        those it left, each with how and when it left"""
         pool = Pool()
         Action = pool.get('ir.action.act_window')
         ModelData = pool.get('ir.model.data')
@@ -358,20 +428,29 @@ class ToolsTestCase(DatabaseTestCase):
         create_parties('RL', 2)
         party, other = Party.search(
             [('code', 'like', 'RL-%')], order=[('code', 'ASC')])
-        stay, block, only_other = [
+        stay, block, leave, goal, only_other = [
             create_scenario('RL', [email_activity()], name=n)
-            for n in ["Stay", "Block", "Other"]]
+            for n in ["Stay", "Block", "Leave", "Goal", "Other"]]
+        leave.unsubscribable = True
+        leave.save()
         only_other.domain = PYSONEncoder().encode(
             [('code', '=', 'RL-000001')])
         only_other.save()
-        Scenario.trigger([stay, block, only_other])
-        Record.block(Record.search([
-                    ('scenario', '=', block.id), ('party', '=', party.id)]))
-        unsubscribed = create_scenario(
+        Scenario.trigger([stay, block, leave, goal, only_other])
+
+        def record_of(scenario):
+            record, = Record.search([
+                    ('scenario', '=', scenario.id),
+                    ('party', '=', party.id)])
+            return record
+        # Block does not unsubscribe, Leave does
+        Record.block([record_of(block), record_of(leave)])
+        Record.convert([record_of(goal)])
+        by_hand = create_scenario(
             'RL', [email_activity()], name="Unsubscribed")
         Party.write([party], {
                 'marketing_scenario_unsubscribed': [
-                    ('add', [unsubscribed.id])]})
+                    ('add', [by_hand.id])]})
 
         def related(xml_id):
             action = Action(ModelData.get_id('marketing_automation', xml_id))
@@ -379,12 +458,37 @@ class ToolsTestCase(DatabaseTestCase):
                     'active_model': 'party.party', 'active_id': party.id,
                     'active_ids': [party.id],
                     }).decode(action.pyson_domain)
-            return {s.name for s in Scenario.search(domain)}
+            return pool.get(action.res_model).search(domain)
 
-        self.assertEqual(related('act_scenario_form_relate_party'), {"Stay"})
         self.assertEqual(
-            related('act_scenario_form_relate_party_left'),
-            {"Block", "Unsubscribed"})
-        record, = Record.search([
-                ('scenario', '=', stay.id), ('party', '=', party.id)])
-        self.assertEqual(record.party, party)
+            {s.name for s in related('act_scenario_form_relate_party')},
+            {"Stay", "Goal"})
+        self.assertEqual(
+            {(r.scenario.name, r.left)
+                for r in related('act_scenario_form_relate_party_left')},
+            {("Block", 'blocked'), ("Leave", 'unsubscribed'),
+                ("Goal", 'converted')})
+
+        # The party form lists its records: when each entered, and how and
+        # when it left
+        party = Party(party.id)
+        records = {r.scenario.name: r for r in party.marketing_records}
+        self.assertEqual(
+            sorted(records), ["Block", "Goal", "Leave", "Stay"])
+        self.assertEqual(
+            {n: r.left for n, r in records.items()},
+            {"Stay": None, "Block": 'blocked', "Leave": 'unsubscribed',
+                "Goal": 'converted'})
+        self.assertIsNone(records["Stay"].left_date)
+        for name in ["Block", "Leave", "Goal"]:
+            record = records[name]
+            self.assertIsInstance(record.left_date, dt.datetime)
+            self.assertLessEqual(record.enrolled_date, record.left_date)
+        self.assertEqual(
+            records["Block"].left_date, records["Block"].blocked_date)
+        self.assertEqual(
+            records["Goal"].left_date, records["Goal"].converted)
+        self.assertEqual(records["Stay"].party, party)
+        self.assertEqual(
+            [r.scenario.name for r in Party(other.id).marketing_records
+                if r.scenario.name == "Other"], ["Other"])
