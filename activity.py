@@ -12,8 +12,9 @@ from trytond.pool import Pool
 from trytond.pyson import Bool, Eval
 from trytond.transaction import Transaction
 
-from . import email_, reporting, sandbox
+from . import email_, reporting, sandbox, tree
 from .exceptions import ConditionError, DelayError, EventError, TemplateError
+from .marketing_automation import current_time
 
 ChildEvent = namedtuple('ChildEvent', ['id', 'event', 'negative', 'delay'])
 
@@ -70,6 +71,10 @@ class Activity(ModelSQL, ModelView):
                 ('email_clicked', "Clicked"),
                 ('email_clicked_not', "Not Clicked"),
                 ], "On",
+            # Only the children of an action wait for its events
+            states={
+                'invisible': ~Eval('parent_action'),
+                },
             help="The event of the parent's email that the activity "
             "waits for."),
         'get_on', setter='set_on')
@@ -116,6 +121,11 @@ class Activity(ModelSQL, ModelView):
     # The statistics: the figures of the activity report for all time
     record_count = fields.Function(
         fields.Integer("Records"), 'get_statistics')
+    failed_count = fields.Function(fields.Integer(
+            "Failed",
+            help="The records for which the activity failed: the reason is "
+            "on each failed record activity."),
+        'get_statistics')
     email_opened = fields.Function(fields.Integer(
             "Emails Opened", states=_email_states()), 'get_statistics')
     email_opened_machine = fields.Function(fields.Integer(
@@ -170,6 +180,10 @@ class Activity(ModelSQL, ModelView):
                     'invisible': Eval('action') != 'send_email',
                     'depends': ['action'],
                     },
+                'retry_failed': {
+                    'invisible': ~Eval('failed_count'),
+                    'depends': ['failed_count'],
+                    },
                 })
 
     @classmethod
@@ -177,6 +191,17 @@ class Activity(ModelSQL, ModelView):
         'marketing_automation.wizard_activity_preview')
     def preview(cls, activities):
         pass
+
+    @classmethod
+    @ModelView.button
+    def retry_failed(cls, activities):
+        "Run again at the next run the failed record activities"
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        RecordActivity.retry_failures(RecordActivity.search([
+                    ('activity', 'in', list(map(int, activities))),
+                    ('state', '=', 'failed'),
+                    ], order=[('id', 'ASC')]))
 
     @classmethod
     def view_attributes(cls):
@@ -201,12 +226,32 @@ class Activity(ModelSQL, ModelView):
     @classmethod
     def create(cls, vlist):
         cls._children_cache.clear()
-        return super().create(vlist)
+        activities = super().create(vlist)
+        cls.reach_enrolled(activities)
+        return activities
 
     @classmethod
     def write(cls, *args):
         cls._children_cache.clear()
+        actions = iter(args)
+        moved = [a for activities, values in zip(actions, actions)
+            if 'parent' in values for a in activities]
         super().write(*args)
+        cls.reach_enrolled(moved)
+
+    @classmethod
+    def reach_enrolled(cls, activities):
+        """Schedule the activities at the root of a scenario for the records
+        already enrolled that are neither blocked nor converted
+
+        Else an activity added to a scenario that has records would reach
+        only the records enrolled from then on."""
+        now = current_time()
+        for activity in activities:
+            parent = activity.parent
+            if (parent is not None and parent.id is not None
+                    and parent.__name__ == 'marketing.automation.scenario'):
+                tree.reach_enrolled(activity, parent.id, now)
 
     @classmethod
     def delete(cls, activities):

@@ -1,7 +1,7 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
 
-from trytond.exceptions import UserError
+from trytond.exceptions import UserError, UserWarning
 from trytond.model.exceptions import AccessError, ValidationError
 
 
@@ -42,4 +42,16 @@ class BlockedError(AccessError):
 
 
 class TestAddressError(UserError):
+    pass
+
+
+class RunError(UserError):
+    pass
+
+
+class RetryError(UserError):
+    pass
+
+
+class RetryWarning(UserWarning):
     pass

@@ -243,7 +243,9 @@ class Email(metaclass=PoolMeta):
                     table.marketing_automation_next_try,
                     where=reduce_ids(
                         table.marketing_automation_record_activity, sub_ids)
-                    & (table.marketing_automation_status != Null)))
+                    & (table.marketing_automation_status != Null),
+                    # A retried record activity has its new email last
+                    order_by=[table.id.asc]))
             for record_activity, status, attempts, error, next_try in cursor:
                 row = {
                     'email_status': status,

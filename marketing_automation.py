@@ -21,7 +21,8 @@ from . import reporting, sandbox, tree
 from .batch import batch_size, sliced
 from .deferral import TIMEZONES, WEEKDAYS, Window
 from .exceptions import (
-    BlockedError, DomainError, GoalError, ScenarioModelError, WindowError)
+    BlockedError, DomainError, GoalError, RunError, ScenarioModelError,
+    WindowError)
 from .mixin import (
     MarketingAutomationMixin, by_company, company_context, has_company)
 
@@ -297,6 +298,12 @@ class Scenario(Workflow, ModelSQL, ModelView):
         fields.Float("Block Rate", digits=(1, 2)), 'get_statistics')
     block_rate_trend = fields.Function(
         fields.Char("Block Rate Trend"), 'get_trend')
+    failed_count = fields.Function(
+        fields.Integer(
+            "Failed",
+            help="The record activities of its records that failed: the "
+            "reason is on each one."),
+        'get_statistics')
     email_bounced = fields.Function(
         fields.Integer(
             "Records Bounced", help="The records an email of which bounced."),
@@ -527,7 +534,12 @@ class Scenario(Workflow, ModelSQL, ModelView):
     @ModelView.button
     @Workflow.transition('running')
     def run(cls, scenarios):
-        pass
+        for scenario in scenarios:
+            # It would enrol records and send them nothing
+            if not scenario.activities:
+                raise RunError(gettext(
+                        'marketing_automation.msg_scenario_run_no_activity',
+                        scenario=scenario.rec_name))
 
     @classmethod
     @ModelView.button

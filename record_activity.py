@@ -6,6 +6,7 @@ from sql import For, Literal, Null
 
 import trytond.config as config
 from trytond import backend
+from trytond.i18n import gettext
 from trytond.model import Index, ModelSQL, ModelView, Unique, Workflow, fields
 from trytond.pool import Pool
 from trytond.pyson import Eval, If
@@ -14,6 +15,7 @@ from trytond.transaction import Transaction
 
 from . import deferral, tree
 from .batch import batch_size, sliced
+from .exceptions import RetryError, RetryWarning
 from .marketing_automation import current_time
 from .mixin import companies, company_context
 
@@ -129,8 +131,13 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             ('waiting', 'cancelled'),
             ('waiting', 'failed'),
             ('done', 'failed'),
+            ('failed', 'waiting'),
             }
         cls._buttons.update({
+                'retry': {
+                    'invisible': Eval('state') != 'failed',
+                    'depends': ['state'],
+                    },
                 'on_email_opened': {
                     'invisible': ((Eval('state') != 'done')
                         | Eval('email_opened', True)
@@ -336,6 +343,94 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
         for activity, records in by_activity.items():
             if activity.children:
                 cls.cancel_waiting(records, activity.children)
+
+    @classmethod
+    @ModelView.button
+    def retry(cls, record_activities):
+        "Run the failed record activities again at the next run"
+        cls.retry_failures(record_activities)
+
+    @classmethod
+    def retry_failures(cls, record_activities):
+        """Make the failed record activities due now, once the cause is
+        fixed, and return them
+
+        Those that may not run again are left out, with a warning that
+        says how many; when none may, the retry is refused."""
+        pool = Pool()
+        Warning = pool.get('res.user.warning')
+        failed = [ra for ra in record_activities if ra.state == 'failed']
+        retried = cls._retryable(failed)
+        if failed and not retried:
+            raise RetryError(gettext(
+                    'marketing_automation.msg_retry_none',
+                    count=len(failed)))
+        skipped = len(failed) - len(retried)
+        if skipped:
+            key = Warning.format('marketing_automation.retry', failed)
+            if Warning.check(key):
+                raise RetryWarning(key, gettext(
+                        'marketing_automation.msg_retry_skipped',
+                        skipped=skipped, count=len(failed)))
+        cls.wait_again(retried)
+        return retried
+
+    @classmethod
+    def _retryable(cls, record_activities):
+        """Return those of the failed record activities that may run again:
+        their record is neither blocked nor converted, their scenario runs,
+        and the record did not go on with the children of their activity
+        (a delivery report may fail an email after they ran)"""
+        kept = [ra for ra in record_activities
+            if not ra.record.blocked
+            and not ra.record.converted
+            and ra.record.scenario.state == 'running']
+        went_on = cls._of_children(kept, ['done', 'failed'])
+        return [ra for ra in kept if ra not in went_on]
+
+    @classmethod
+    def _of_children(cls, record_activities, states):
+        """Return the record activities in states of the children of the
+        activity of each record activity, for its record"""
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        parents = {}
+        for record_activity in record_activities:
+            for child in Activity.children_events(
+                    record_activity.activity.id):
+                parents[record_activity.record.id, child.id] = (
+                    record_activity)
+        result = defaultdict(list)
+        children = sorted({c for _, c in parents})
+        for record_ids in sliced(sorted({r for r, _ in parents})):
+            for child in cls.search([
+                        ('record', 'in', list(record_ids)),
+                        ('activity', 'in', children),
+                        ('state', 'in', states),
+                        ], order=[]):
+                parent = parents.get((child.record.id, child.activity.id))
+                if parent is not None:
+                    result[parent].append(child)
+        return result
+
+    @classmethod
+    @Workflow.transition('waiting')
+    def wait_again(cls, record_activities):
+        """Make the failed record activities due now
+
+        The record activities of their children that the failure cancelled
+        never ran: they go, and come again when the retried ones run."""
+        if not record_activities:
+            return
+        cancelled = cls._of_children(
+            record_activities, ['waiting', 'cancelled'])
+        cls.delete([c for cs in cancelled.values() for c in cs])
+        cls.write(record_activities, {
+                'state': 'waiting',
+                'at': current_time(),
+                'error': None,
+                'deferred': None,
+                })
 
     @classmethod
     def defer(cls, deferred):

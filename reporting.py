@@ -8,9 +8,9 @@ import datetime as dt
 from collections import defaultdict
 
 from dateutil.relativedelta import relativedelta
-from sql import Column, Literal, Null
+from sql import Cast, Column, Literal, Null
 from sql.aggregate import Count, Max, Min, Sum
-from sql.conditionals import Case
+from sql.conditionals import Case, Coalesce
 from sql.functions import DateTrunc
 from sql.operators import Mul
 
@@ -123,6 +123,11 @@ class Scenario(ModelSQL, ModelView):
     record_count = fields.Integer("Records")
     record_count_blocked = fields.Integer("Records Blocked")
     block_rate = fields.Float("Block Rate", digits=(1, 2))
+    failed_count = fields.Integer(
+        "Failed",
+        help="The record activities of its records that failed: the "
+        "activity could not run for the record, or its email could not be "
+        "delivered.")
     email_bounced = fields.Integer(
         "Records Bounced", help="The records an email of which bounced.")
     email_complained = fields.Integer(
@@ -155,13 +160,16 @@ class Scenario(ModelSQL, ModelView):
         record_activity = RecordActivity.__table__()
         bounced = record_activity.email_bounced == Literal(True)
         complained = record_activity.email_complained == Literal(True)
-        # The records with a flagged email, joined: a subquery by record
-        # would cost the hundreds of thousands of records a lookup each
+        failed = record_activity.state == 'failed'
+        # The records with a flagged email or a failure, joined: a subquery
+        # by record would cost the hundreds of thousands of records a
+        # lookup each
         flagged = record_activity.select(
             record_activity.record.as_('record'),
             Max(Case((bounced, 1), else_=0)).as_('bounced'),
             Max(Case((complained, 1), else_=0)).as_('complained'),
-            where=bounced | complained,
+            _count(failed).as_('failed'),
+            where=bounced | complained | failed,
             group_by=[record_activity.record])
         blocked = _count(record.blocked == Literal(True))
         converted = _count(record.converted != Null)
@@ -171,6 +179,9 @@ class Scenario(ModelSQL, ModelView):
             Count().as_('record_count'),
             blocked.as_('record_count_blocked'),
             _rate(blocked, Count()).as_('block_rate'),
+            # A sum of counts is a numeric on PostgreSQL
+            Cast(Sum(Coalesce(flagged.failed, 0)), 'INTEGER').as_(
+                'failed_count'),
             _count(flagged.bounced == 1).as_('email_bounced'),
             _count(flagged.complained == 1).as_('email_complained'),
             converted.as_('record_count_converted'),
@@ -199,6 +210,10 @@ class Activity(ModelSQL, ModelView):
     activity_action = fields.Selection(
         'get_activity_actions', "Activity Action")
     record_count = fields.Integer("Records")
+    failed_count = fields.Integer(
+        "Failed",
+        help="The record activities that failed: the activity could not "
+        "run for the record, or its email could not be delivered.")
     email_opened = fields.Integer("Emails Opened")
     email_clicked = fields.Integer("Emails Clicked")
     email_opened_machine = fields.Integer("Emails Opened by Machine")
@@ -247,6 +262,7 @@ class Activity(ModelSQL, ModelView):
             Min(record_activity.id).as_('id'),
             record_activity.activity.as_('activity'),
             done.as_('record_count'),
+            _count(record_activity.state == 'failed').as_('failed_count'),
             opened.as_('email_opened'),
             clicked.as_('email_clicked'),
             _count(record_activity.email_opened_machine

@@ -215,3 +215,28 @@ def _move_on_at_once(positives, negatives, at):
                     where=reduce_ids(table.record, sub_ids)
                     & (table.activity == child_id)
                     & (table.state == 'waiting')))
+
+
+def reach_enrolled(activity, scenario_id, now):
+    """Schedule the root activity, added to the scenario, for the records
+    enrolled in it that are neither blocked nor converted and do not have
+    it yet
+
+    Inserted from a select of the records, as at enrolment."""
+    pool = Pool()
+    Record = pool.get('marketing.automation.record')
+    record = Record.__table__()
+    table = _table()
+    cursor = Transaction().connection.cursor()
+    columns, values = _waiting(table, now)
+    columns = [table.record, table.activity, table.at] + columns
+    at = now + (activity.delay or dt.timedelta())
+    existing = _table()
+    cursor.execute(*table.insert(columns, record.select(
+                record.id, *[Literal(v) for v in [activity.id, at] + values],
+                where=(record.scenario == scenario_id)
+                & ((record.blocked == Null)
+                    | (record.blocked == Literal(False)))
+                & (record.converted == Null)
+                & ~record.id.in_(existing.select(existing.record,
+                        where=existing.activity == activity.id)))))

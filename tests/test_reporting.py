@@ -10,6 +10,7 @@ from trytond.modules.marketing_automation.tests.tools import (
     DatabaseTestCase, StatementCounter, create_parties, create_scenario,
     email_activity)
 from trytond.pool import Pool
+from trytond.pyson import PYSONDecoder
 from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
 
@@ -78,7 +79,8 @@ class ReportingTestCase(DatabaseTestCase):
 
     def prepare(self, prefix='RP'):
         """Enrol 4 parties in January 2026 and 2 in March 2026, block one of
-        each month; the activity ran for 4 of them, 2 opened, 1 clicked"""
+        each month; the activity ran for 4 of them, 2 opened, 1 clicked, and
+        failed for 1 in March"""
         pool = Pool()
         Scenario = pool.get('marketing.automation.scenario')
         Record = pool.get('marketing.automation.record')
@@ -103,7 +105,7 @@ class ReportingTestCase(DatabaseTestCase):
         record_activities = RecordActivity.search(
             [('activity', '=', activity.id)], order=[('id', 'ASC')])
         for ra, state, at, opened, clicked in zip(record_activities,
-                ['done', 'done', 'done', 'done', 'cancelled', 'waiting'],
+                ['done', 'done', 'done', 'done', 'cancelled', 'failed'],
                 [dt.datetime(2026, 1, 11, 9), dt.datetime(2026, 1, 11, 10),
                     dt.datetime(2026, 1, 12, 9), dt.datetime(2026, 3, 6, 9),
                     dt.datetime(2026, 3, 6, 9), dt.datetime(2026, 3, 6, 9)],
@@ -135,13 +137,13 @@ class ReportingTestCase(DatabaseTestCase):
         scenario, activity = self.prepare()
         counts = {}
         names = ['date', 'scenario', 'record_count', 'record_count_blocked',
-            'block_rate']
+            'block_rate', 'failed_count']
         expected = {
-            'year': [(dt.date(2026, 1, 1), 6, 2, round(2 / 6, 2))],
-            'month': [(dt.date(2026, 1, 1), 4, 1, 0.25),
-                (dt.date(2026, 3, 1), 2, 1, 0.5)],
-            'day': [(dt.date(2026, 1, 10), 4, 1, 0.25),
-                (dt.date(2026, 3, 5), 2, 1, 0.5)],
+            'year': [(dt.date(2026, 1, 1), 6, 2, round(2 / 6, 2), 1)],
+            'month': [(dt.date(2026, 1, 1), 4, 1, 0.25, 0),
+                (dt.date(2026, 3, 1), 2, 1, 0.5, 1)],
+            'day': [(dt.date(2026, 1, 10), 4, 1, 0.25, 0),
+                (dt.date(2026, 3, 5), 2, 1, 0.5, 1)],
             }
         for period, figures in expected.items():
             rows, count = self.read(
@@ -149,20 +151,20 @@ class ReportingTestCase(DatabaseTestCase):
             counts['scenario', period] = count, names
             self.assertEqual([
                     (r['date'], r['record_count'], r['record_count_blocked'],
-                        round(r['block_rate'], 2))
+                        round(r['block_rate'], 2), r['failed_count'])
                     for r in rows if r['scenario'] == scenario.id],
                 figures, period)
 
         names = ['date', 'activity', 'record_count', 'email_opened',
             'email_clicked', 'email_open_rate', 'email_click_rate',
-            'email_click_through_rate']
+            'email_click_through_rate', 'failed_count']
         expected = {
-            'year': [(dt.date(2026, 1, 1), 4, 2, 1, 0.5, 0.25, 0.5)],
-            'month': [(dt.date(2026, 1, 1), 3, 2, 1, 0.67, 0.33, 0.5),
-                (dt.date(2026, 3, 1), 1, 0, 0, 0.0, 0.0, 0.0)],
-            'day': [(dt.date(2026, 1, 11), 2, 2, 1, 1.0, 0.5, 0.5),
-                (dt.date(2026, 1, 12), 1, 0, 0, 0.0, 0.0, 0.0),
-                (dt.date(2026, 3, 6), 1, 0, 0, 0.0, 0.0, 0.0)],
+            'year': [(dt.date(2026, 1, 1), 4, 2, 1, 0.5, 0.25, 0.5, 1)],
+            'month': [(dt.date(2026, 1, 1), 3, 2, 1, 0.67, 0.33, 0.5, 0),
+                (dt.date(2026, 3, 1), 1, 0, 0, 0.0, 0.0, 0.0, 1)],
+            'day': [(dt.date(2026, 1, 11), 2, 2, 1, 1.0, 0.5, 0.5, 0),
+                (dt.date(2026, 1, 12), 1, 0, 0, 0.0, 0.0, 0.0, 0),
+                (dt.date(2026, 3, 6), 1, 0, 0, 0.0, 0.0, 0.0, 1)],
             }
         for period, figures in expected.items():
             rows, count = self.read(
@@ -173,7 +175,8 @@ class ReportingTestCase(DatabaseTestCase):
                         r['email_clicked'],
                         round(r['email_open_rate'], 2),
                         round(r['email_click_rate'], 2),
-                        round(r['email_click_through_rate'], 2))
+                        round(r['email_click_through_rate'], 2),
+                        r['failed_count'])
                     for r in rows if r['activity'] == activity.id],
                 figures, period)
 
@@ -244,7 +247,7 @@ class ReportingTestCase(DatabaseTestCase):
             return round(numerator / denominator, 2) if denominator else 0.
 
         counts = ['record_count', 'record_count_blocked', 'email_bounced',
-            'email_complained', 'record_count_converted']
+            'email_complained', 'record_count_converted', 'failed_count']
         report = totals('marketing.automation.reporting.scenario',
             'scenario', scenario.id, counts)
         scenario = Scenario(scenario.id)
@@ -252,6 +255,8 @@ class ReportingTestCase(DatabaseTestCase):
             {n: getattr(scenario, n) for n in counts}, report)
         self.assertEqual(
             (scenario.email_bounced, scenario.record_count_converted), (1, 1))
+        # One failure in the activity, one in its child
+        self.assertEqual(scenario.failed_count, 2)
         self.assertEqual(scenario.block_rate, rate(
                 report['record_count_blocked'], report['record_count']))
         self.assertEqual(scenario.conversion_rate, rate(
@@ -259,7 +264,7 @@ class ReportingTestCase(DatabaseTestCase):
 
         counts = ['record_count', 'email_opened', 'email_clicked',
             'email_opened_machine', 'email_filtered', 'email_bounced',
-            'email_complained']
+            'email_complained', 'failed_count']
         for each in [activity, second]:
             report = totals('marketing.automation.reporting.activity',
                 'activity', each.id, counts)
@@ -273,3 +278,44 @@ class ReportingTestCase(DatabaseTestCase):
                     report['email_clicked'], report['email_opened']))
         self.assertEqual(
             sum(Activity(a).email_bounced for a in [activity, second]), 2)
+        self.assertEqual(
+            [Activity(a).failed_count for a in [activity, second]], [1, 1])
+
+    @with_transaction()
+    def test_failed_relate(self):
+        """The relate Failed Record Activities of a scenario and of an
+        activity opens as many record activities as the Failed figure, all
+        failed and with their reason"""
+        pool = Pool()
+        Action = pool.get('ir.action.act_window')
+        Keyword = pool.get('ir.action.keyword')
+        ModelData = pool.get('ir.model.data')
+        Scenario = pool.get('marketing.automation.scenario')
+        Activity = pool.get('marketing.automation.activity')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        scenario, activity = self.prepare()
+        table = RecordActivity.__table__()
+        cursor = Transaction().connection.cursor()
+        cursor.execute(*table.update([table.error], ["No address"],
+                where=table.state == 'failed'))
+        action = Action(ModelData.get_id(
+                MODULE, 'act_record_activity_failed'))
+        self.assertEqual(
+            {k.model for k in Keyword.search([
+                        ('action', '=', action.action.id),
+                        ('keyword', '=', 'form_relate')])},
+            {'marketing.automation.scenario,-1',
+                'marketing.automation.activity,-1'})
+        # The failures of another scenario are not listed
+        self.prepare('RF')
+        for record in [Scenario(scenario.id), Activity(activity.id)]:
+            domain = PYSONDecoder({
+                    'active_model': record.__name__,
+                    'active_ids': [record.id],
+                    }).decode(action.pyson_domain)
+            found = RecordActivity.search(domain)
+            self.assertEqual(len(found), record.failed_count)
+            self.assertEqual(record.failed_count, 1)
+            self.assertEqual(
+                [(ra.state, ra.error) for ra in found],
+                [('failed', "No address")])
