@@ -57,18 +57,22 @@ def enrol(record_ids, activities, now):
     pool = Pool()
     Record = pool.get('marketing.automation.record')
     record = Record.__table__()
+    # One batch: reduce_ids makes its ids a range or a few
+    where = reduce_ids(record.id, sorted(record_ids))
+    for activity in activities:
+        _schedule_for(record, where, activity, now)
+
+
+def _schedule_for(record, where, activity, now):
+    "Create the waiting record activities of activity for the records where"
     table = _table()
     cursor = Transaction().connection.cursor()
     columns, values = _waiting(table, now)
     columns = [table.record, table.activity, table.at] + columns
-    # One batch: reduce_ids makes its ids a range or a few
-    where = reduce_ids(record.id, sorted(record_ids))
-    for activity in activities:
-        at = now + (activity.delay or dt.timedelta())
-        cursor.execute(*table.insert(columns, record.select(
-                    record.id, *[Literal(v) for v in [activity.id, at]
-                        + values],
-                    where=where)))
+    at = now + (activity.delay or dt.timedelta())
+    cursor.execute(*table.insert(columns, record.select(
+                record.id, *[Literal(v) for v in [activity.id, at] + values],
+                where=where)))
 
 
 def starts_on(activity):
@@ -226,17 +230,10 @@ def reach_enrolled(activity, scenario_id, now):
     pool = Pool()
     Record = pool.get('marketing.automation.record')
     record = Record.__table__()
-    table = _table()
-    cursor = Transaction().connection.cursor()
-    columns, values = _waiting(table, now)
-    columns = [table.record, table.activity, table.at] + columns
-    at = now + (activity.delay or dt.timedelta())
     existing = _table()
-    cursor.execute(*table.insert(columns, record.select(
-                record.id, *[Literal(v) for v in [activity.id, at] + values],
-                where=(record.scenario == scenario_id)
-                & ((record.blocked == Null)
-                    | (record.blocked == Literal(False)))
-                & (record.converted == Null)
-                & ~record.id.in_(existing.select(existing.record,
-                        where=existing.activity == activity.id)))))
+    _schedule_for(record, (record.scenario == scenario_id)
+        & ((record.blocked == Null) | (record.blocked == Literal(False)))
+        & (record.converted == Null)
+        & ~record.id.in_(existing.select(existing.record,
+                where=existing.activity == activity.id)),
+        activity, now)
