@@ -43,3 +43,7 @@ class BlockedError(AccessError):
 
 class TestAddressError(UserError):
     pass
+
+
+class PreviewError(UserError):
+    pass
