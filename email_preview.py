@@ -15,7 +15,6 @@ import re
 from trytond.i18n import gettext
 from trytond.pool import Pool
 from trytond.report import Report
-from trytond.transaction import without_check_access
 
 from . import email_, preview, routes
 from .exceptions import PreviewError
@@ -26,17 +25,13 @@ BOM = '\ufeff'
 # The open image of the email, drawn but fetched from nowhere
 INERT_PIXEL = 'data:image/gif;base64,' + base64.b64encode(
     routes.PIXEL).decode('ascii')
-# A URL of the routes of this module, or of web_shortener for the emails
-# sent by Tryton's own module, starting where an attribute value or a word
-# starts: scanned from there only, as a body may hold long data URIs
+# A URL of the routes of this module, starting where an attribute value or
+# a word starts: scanned from there only, as a body may hold long data URIs
 ROUTE = re.compile(
-    r'''(?<![^\s"'<>=(])[^\s"'<>]*(?:'''
-    r'''/m/[^/\s"'<>]+/(?:'''
+    r'''(?<![^\s"'<>=(])[^\s"'<>]*/m/[^/\s"'<>]+/(?:'''
     r'''c/(?P<token>[0-9a-f]{32})/(?P<key>[0-9a-f]{16})'''
     r'''|(?P<open>(?:o|oa)/[0-9a-f]{32}\.gif)'''
-    r'''|(?P<unsubscribe>u/[0-9a-f]{32}(?:/[0-9a-f]{16})?'''
-    r'''|unsubscribe(?:\?[^\s"'<>]*)?))'''
-    r'''|/s/[^/\s"'<>$%]+(?:\$|%24)(?P<short>[0-9a-z]+)'''
+    r'''|(?P<unsubscribe>u/[0-9a-f]{32}(?:/[0-9a-f]{16})?)'''
     r''')(?=["'\s<>)]|$)''')
 
 
@@ -61,7 +56,8 @@ def as_sent(email):
     its unsubscribe links to the page of a test
 
     A tracked link whose target the email does not know stays as sent: it
-    is answered 404 and counts nothing."""
+    is answered 404 and counts nothing. The emails sent by Tryton's own
+    module kept no body."""
     body = email.body or ''
     test = html.escape(email_.unsubscribe_url(preview.TEST_RECORD))
     token = email.marketing_automation_token
@@ -71,8 +67,6 @@ def as_sent(email):
             return INERT_PIXEL
         elif match.group('unsubscribe'):
             return test
-        elif match.group('short'):
-            return _shortened(email, match)
         elif token and match.group('token') == token:
             target = email_.target(
                 email.marketing_automation_links, match.group('key'))
@@ -81,33 +75,6 @@ def as_sent(email):
         return match.group(0)
     # In one pass, so that no target is taken for a tracked link
     return ROUTE.sub(untracked, body)
-
-
-def _shortened(email, match):
-    """Return the target of the shortened link of match when it records an
-    event of the email's record activity, or the inert image for its open
-    image; otherwise the link as it is"""
-    pool = Pool()
-    try:
-        ShortenedURL = pool.get('web.shortened_url')
-    except KeyError:
-        return match.group(0)
-    record_activity = email.marketing_automation_record_activity
-    try:
-        id_ = ShortenedURL._expand(match.group('short'))
-    except ValueError:
-        return match.group(0)
-    # The email is readable: so are the targets of its links
-    with without_check_access():
-        shortened = ShortenedURL.search([('id', '=', id_)], limit=1)
-        if (record_activity is None or not shortened
-                or shortened[0].record != record_activity
-                or not shortened[0].method):
-            return match.group(0)
-        shortened, = shortened
-        if shortened.method.endswith('|on_email_opened'):
-            return INERT_PIXEL
-        return html.escape(shortened.redirect_url)
 
 
 class EmailPreview(Report):
