@@ -37,7 +37,7 @@ TARGETS = [
     'mailto:help@example.com']
 
 
-def test_url():
+def harmless_url():
     "The unsubscribe link of the previews and the test emails"
     return '%s/m/%s/u/test' % (
         BASE, quote(Transaction().database.name, safe=''))
@@ -81,7 +81,7 @@ class PreviewTestCase(DatabaseTestCase):
             page.xpath('//p[@style]/@style'), ['font-weight:bold'])
         hrefs = page.xpath('//a/@href')
         self.assertEqual(hrefs[:3], TARGETS)
-        self.assertEqual(hrefs[3:], [test_url()] * 2)
+        self.assertEqual(hrefs[3:], [harmless_url()] * 2)
         text = content.decode('utf-8')
         for kind in ['c', 'o', 'oa']:
             self.assertNotIn('/%s/' % kind, text.replace(BASE, ''))
@@ -299,7 +299,8 @@ class PreviewTestCase(DatabaseTestCase):
         page = document(content)
         self.assertEqual(page.xpath('//p/text()')[0], 'Hello DT 0,')
         self.assertEqual(
-            page.xpath('//a/@href'), ['https://www.example.com/', test_url()])
+            page.xpath('//a/@href'),
+            ['https://www.example.com/', harmless_url()])
 
 
 class TestPageTestCase(DatabaseTestCase):
@@ -330,7 +331,7 @@ class TestPageTestCase(DatabaseTestCase):
                         }, 'send_')
                 Transaction().commit()
             message, = sink.messages
-            return message, test_url(), Transaction().database.name
+            return message, harmless_url(), Transaction().database.name
 
         @with_transaction()
         def enrolled():
