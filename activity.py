@@ -1,6 +1,7 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
 import datetime as dt
+import html
 from collections import namedtuple
 
 from babel.dates import format_timedelta
@@ -265,6 +266,27 @@ class Activity(ModelSQL, ModelView):
     @classmethod
     def default_email_opened_count(cls):
         return 0
+
+    @classmethod
+    def default_email_template(cls):
+        "A small email that works, for the marketer to start from"
+        def text(message, **variables):
+            text = gettext('marketing_automation.' + message, **variables)
+            # $ starts an expression in Genshi
+            return html.escape(text, quote=False).replace('$', '$$')
+        # The name goes in after the text is escaped
+        greeting = text('msg_email_template_greeting', name='\0').replace(
+            '\0', '${record.rec_name}')
+        return (
+            '<html>\n<body>\n'
+            '<p>%(greeting)s</p>\n'
+            '<p><a href="https://www.example.com/">%(link)s</a></p>\n'
+            '<p><a href="unsubscribe">%(unsubscribe)s</a></p>\n'
+            '</body>\n</html>\n') % {
+            'greeting': greeting,
+            'link': text('msg_email_template_link'),
+            'unsubscribe': text('msg_email_template_unsubscribe'),
+            }
 
     @classmethod
     def copy(cls, activities, default=None):

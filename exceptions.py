@@ -55,3 +55,7 @@ class RetryError(UserError):
 
 class RetryWarning(UserWarning):
     pass
+
+
+class PreviewError(UserError):
+    pass

@@ -82,6 +82,10 @@ class Scenario(Workflow, ModelSQL, ModelView):
     __name__ = 'marketing.automation.scenario'
 
     name = fields.Char("Name", translate=True)
+    public_name = fields.Char(
+        "Public Name", translate=True,
+        help="The name that the recipients see, on the unsubscribe page.\n"
+        "Leave empty to show the name.")
     model = fields.Selection(
         'get_models', "Model", required=True,
         states={

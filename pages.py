@@ -17,6 +17,8 @@ from trytond.protocols.wrappers import HTTPStatus, Response
 from trytond.report import Report
 from trytond.transaction import Transaction
 
+from .mixin import company_of
+
 HERE = os.path.dirname(__file__)
 LOCALE = os.path.join(HERE, 'locale')
 STYLE = '''
@@ -31,6 +33,7 @@ border-radius:.375rem;background:#1f5fbf;color:#fff;font:inherit;
 font-weight:600;cursor:pointer}
 button:hover{background:#174a96}
 button:focus-visible{outline:3px solid #f0b400;outline-offset:2px}
+.company{margin:0 0 .5rem;color:#57606a;font-size:.9375rem;font-weight:600}
 '''.replace('\n', '')
 
 
@@ -112,7 +115,8 @@ class UnsubscribeReport(Report):
         record, = records
         language = Transaction().language or 'en'
         # Read again in the party's language
-        scenario = Scenario(record.scenario.id).rec_name
+        scenario = Scenario(record.scenario.id)
+        scenario = scenario.public_name or scenario.rec_name
         if data.get('confirm'):
             text = gettext(
                 'marketing_automation.msg_unsubscribe_confirm',
@@ -129,8 +133,27 @@ class UnsubscribeReport(Report):
                 'style': STYLE,
                 'html_language': language.replace('_', '-'),
                 'link': None if data.get('confirm') else data.get('link'),
+                'company': company_name(record),
                 })
         return context
+
+
+def company_name(record):
+    """Return the name of the company whose emails record receives: the
+    company of the record, or the only company of the database, if any"""
+    pool = Pool()
+    try:
+        Company = pool.get('company.company')
+    except KeyError:
+        return None
+    company_id = company_of(record.record) if record.record else None
+    if company_id is not None:
+        return Company(company_id).rec_name
+    # A model without company, as the party, names none; one company alone
+    # is the one that sends
+    companies = Company.search([], order=[('id', 'ASC')], limit=2)
+    if len(companies) == 1:
+        return companies[0].rec_name
 
 
 def unsubscribe_page(record, confirm, link=None):

@@ -1,7 +1,7 @@
 # This file is part of Tryton.  The COPYRIGHT file at the top level of
 # this repository contains the full copyright notices and license terms.
 """See an email before it goes: the preview of an activity for a record,
-and its test sends
+rendered as a report too (email_preview.py), and its test sends
 
 Both render through the templates, the sandbox and the language rule of a
 real send (email_.Templates). A test email goes to the addresses typed in,
@@ -17,14 +17,16 @@ from trytond.pool import Pool
 from trytond.pyson import Bool, Eval
 from trytond.tools.email_ import EmailNotValidError, validate_email
 from trytond.transaction import Transaction
-from trytond.wizard import Button, StateTransition, StateView, Wizard
+from trytond.wizard import (
+    Button, StateReport, StateTransition, StateView, Wizard)
 
 from . import bounce, email_
 from .exceptions import TestAddressError
 from .mixin import company_context, company_of, in_company
 
 TEST_PREFIX = '[TEST] '
-# The unsubscribe links of a preview or a test lead to no record
+# The unsubscribe links of a preview or a test lead to no record but to a
+# page that says so (routes.py)
 TEST_RECORD = 'test'
 
 
@@ -220,6 +222,10 @@ class Preview(Wizard):
         'marketing.automation.activity.preview.start',
         'marketing_automation.activity_preview_start_view_form', [
             Button("Close", 'end', 'tryton-close'),
+            Button("Show Email", 'show', 'tryton-print',
+                states={
+                    'readonly': Bool(Eval('error')),
+                    }),
             Button("Send Test", 'test', 'tryton-forward', default=True,
                 states={
                     'readonly': Bool(Eval('error')),
@@ -232,6 +238,8 @@ class Preview(Wizard):
             Button("Send", 'send_', 'tryton-ok', default=True),
             ])
     send_ = StateTransition()
+    # The email rendered, as the recipient sees it, in a browser
+    show = StateReport('marketing.automation.email.preview')
 
     def default_start(self, fields):
         pool = Pool()
@@ -259,4 +267,15 @@ class Preview(Wizard):
         addresses = test_addresses(self.test.addresses)
         emails = send_test(self.record, self.start.record, addresses)
         self.start.sent = sent_text(emails)
+        return 'start'
+
+    def do_show(self, action):
+        return action, {
+            'model': self.record.__name__,
+            'id': self.record.id,
+            'ids': [self.record.id],
+            'record': str(self.start.record),
+            }
+
+    def transition_show(self):
         return 'start'

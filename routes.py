@@ -20,6 +20,7 @@ from trytond.wsgi import app
 
 from . import email_, pages, scanner
 from .marketing_automation import current_time
+from .preview import TEST_RECORD
 from .tree import Event
 
 logger = logging.getLogger(__name__)
@@ -167,10 +168,33 @@ def email_click(request, pool, token, key):
 @app.route('/m/<database_name>/u/<record_uuid>/<key>',
     methods={'GET', 'HEAD', 'POST'})
 @public
+def unsubscribe(request, database_name, record_uuid, key=None):
+    if key is not None:
+        return _unsubscribe_record(request, database_name, record_uuid, key)
+    elif record_uuid == TEST_RECORD:
+        return _unsubscribe_test(request, database_name)
+    return _unsubscribe_record(request, database_name, record_uuid)
+
+
+@tracking()
+@with_pool
+def _unsubscribe_test(request, pool):
+    """The unsubscribe link of a preview or of a test email: it names no
+    record, so nothing changes, and the page says so
+
+    The page is in the visitor's language: the marketer's."""
+    if request.method == 'POST' and (
+            request.form.get('List-Unsubscribe') == ONE_CLICK):
+        return Response('', HTTPStatus.OK, content_type='text/plain')
+    language = pages.visitor_language(request)
+    return pages.response(pages.page(
+            language, pages.translate(language, 'msg_unsubscribe_test')))
+
+
 @tracking()
 @with_pool
 @with_transaction(readonly=False)
-def unsubscribe(request, pool, record_uuid, key=None):
+def _unsubscribe_record(request, pool, record_uuid, key=None):
     Email = pool.get('ir.email')
     record = _record(pool, record_uuid)
     target = None
