@@ -146,6 +146,42 @@ class BrowserTestCase(unittest.TestCase):
         self.fail('no email %r among %s' % (
                 subject, [m['Subject'] for m in self.smtp.messages]))
 
+    def cron(self, method):
+        "Run the cron of method once, as Run Once of the scheduler does"
+        crons = self.rpc('model.ir.cron.search',
+            [('method', '=', method)], 0, None, None, {})
+        self.assertTrue(crons, method)
+        self.rpc('model.ir.cron.run_once', crons, {})
+
+    def trigger(self):
+        self.cron('marketing.automation.scenario|trigger')
+
+    def process(self):
+        self.cron('marketing.automation.record.activity|process')
+
+    def show_email(self, download):
+        """Open the rendered email that sao downloaded in a page of its own,
+        as the marketer's browser does"""
+        path = os.path.join(self.directory, 'email-preview.html')
+        download.save_as(path)
+        page = self.browser.page.context.browser.new_page(
+            viewport={'width': 900, 'height': 700})
+        self.addCleanup(page.close)
+        page.goto('file://' + path)
+        sao.expect(page.locator('body')).to_contain_text(
+            "Dear Ada Lovelace", timeout=sao.TIMEOUT)
+        targets = [a.get_attribute('href')
+            for a in page.locator('a').all()]
+        # The original targets, and the unsubscribe links on the page of a
+        # test: nothing that would count
+        test_page = self.url + 'm/' + DATABASE + '/u/test'
+        self.assertEqual(targets, [
+                'https://shop.example.com/offer',
+                'https://shop.example.com/news?a=1&b=2',
+                test_page, test_page])
+        page.screenshot(path=os.path.join(
+                self.directory, 'email-preview.png'))
+
     def test_marketer(self):
         "A marketer previews, tests, dry runs and runs a scenario"
         browser = self.browser
@@ -184,6 +220,10 @@ class BrowserTestCase(unittest.TestCase):
         browser.shows(wizard.locator('input[name=to]'),
             "Ada Lovelace <ada@example.com>")
         browser.step('preview')
+        # The email as it will look, rendered: sao downloads the report
+        with page.expect_download() as download:
+            browser.click(wizard.locator('button[title="Show Email"]'))
+        self.show_email(download.value)
         browser.click(wizard.locator('button[title="Send Test"]'))
         browser.type(wizard.locator('input[name=addresses]'),
             'marketer@example.com')
@@ -202,6 +242,8 @@ class BrowserTestCase(unittest.TestCase):
         browser.click(tab.locator('button[name=dry_run]'))
         browser.shows(
             wizard.locator('input[type=text][name=enrol_count]'), '1')
+        browser.contains(
+            wizard.locator('.form-one2many').first, "Ada Lovelace")
         browser.step('dry-run')
         browser.click(wizard.locator('button[title="Close"]'))
 
@@ -209,13 +251,8 @@ class BrowserTestCase(unittest.TestCase):
         browser.shows(tab.locator('select[name=state]'), '"running"')
         browser.step('running')
 
-        # The crons, by Run Once of the scheduler: nothing else is RPC
-        for method in ['marketing.automation.scenario|trigger',
-                'marketing.automation.record.activity|process']:
-            crons = self.rpc('model.ir.cron.search',
-                [('method', '=', method)], 0, None, None, {})
-            self.assertTrue(crons, method)
-            self.rpc('model.ir.cron.run_once', crons, {})
+        self.trigger()
+        self.process()
         message = self.receive("Hello Ada Lovelace")
         self.assertEqual(message['To'], 'Ada Lovelace <ada@example.com>')
         self.assertTrue(any(u.startswith(self.url + 'm/' + DATABASE + '/')
@@ -223,9 +260,50 @@ class BrowserTestCase(unittest.TestCase):
         browser.click(tab.locator('button#reload'))
         browser.step('sent')
 
+        # An activity added while the scenario runs reaches Ada, and fails:
+        # she has no address
+        browser.click(tab.locator('.form-one2many button[title=New]'))
+        popup = page.locator('.modal.in').last
+        browser.type(popup.locator('input[name=name]'), "Offer")
+        browser.select(popup.locator('select[name=action]'), "Send Email")
+        browser.type(popup.locator('input[name=email_title]'),
+            "Offer for ${record.addresses[0].city}")
+        browser.step('added')
+        browser.click(popup.locator('button#save'))
+        browser.click(tab.locator('button#save'))
+        self.process()
+        browser.click(tab.locator('button#reload'))
+        failed = tab.locator('input[type=text][name=failed_count]')
+        browser.shows(failed, '1')
+        browser.step('failed')
+
+        # Fixed, then retried: it goes
+        offer = tab.locator('.form-one2many tbody tr', has_text="Offer")
+        offer.dblclick()
+        browser.settle()
+        popup = page.locator('.modal.in').last
+        browser.type(popup.locator('input[name=email_title]'),
+            "Offer for ${record.name}")
+        browser.click(popup.locator('button#save'))
+        browser.click(tab.locator('button#save'))
+        offer.dblclick()
+        browser.settle()
+        popup = page.locator('.modal.in').last
+        browser.click(popup.get_by_role('tab', name="Statistics"))
+        browser.click(popup.locator('button[name=retry_failed]'))
+        browser.step('retried')
+        browser.click(popup.locator('button#save'))
+        self.process()
+        offer = self.receive("Offer for Ada Lovelace")
+        self.assertEqual(offer['To'], 'Ada Lovelace <ada@example.com>')
+        browser.click(tab.locator('button#reload'))
+        browser.shows(failed, '0')
+        browser.step('retry-sent')
+
         # Who got what
         browser.click(tab.locator('button#relate'))
-        browser.click(page.get_by_role('menuitem', name="Record Activities"))
+        browser.click(page.get_by_role(
+            'menuitem', name="Record Activities", exact=True))
         tab = page.locator('#tabcontent .tab-pane.active')
         browser.click(tab.get_by_role('tab', name="Done"))
         browser.contains(tab.locator('tbody tr').first, "Ada Lovelace")
