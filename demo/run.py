@@ -327,7 +327,24 @@ def _stop(signum, frame):
     raise Stop(signum)
 
 
+def lead_terminal():
+    """Make the demo the terminal's foreground process group, so that
+    Ctrl-C reaches it alone: make, which started it, would report an
+    interrupt; return what gives the terminal back"""
+    try:
+        fd = sys.stdin.fileno()
+        previous = os.tcgetpgrp(fd)
+    except (OSError, ValueError):
+        return lambda: None
+    # As a shell does: a background group may not take the terminal
+    signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    os.setpgid(0, 0)
+    os.tcsetpgrp(fd, os.getpgrp())
+    return lambda: os.tcsetpgrp(fd, previous)
+
+
 def main():
+    give_back = lead_terminal()
     for signum in [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]:
         signal.signal(signum, _stop)
     children = Children()
@@ -365,6 +382,7 @@ def main():
         for signum in [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]:
             signal.signal(signum, signal.SIG_IGN)
         children.stop()
+        give_back()
     log("Stopped")
     return 0
 

@@ -5,10 +5,9 @@ stops the demo cleanly"""
 import configparser
 import importlib.util
 import os
+import pty
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,9 +21,8 @@ from trytond.tests.test_tryton import DB_NAME
 from trytond.transaction import Transaction
 
 MODULE = 'marketing_automation'
-DEMO = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    'demo', 'run.py')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join(ROOT, 'demo', 'run.py')
 
 
 def demo_configuration():
@@ -109,53 +107,86 @@ class DemoStopTestCase(unittest.TestCase):
         open(os.path.join(sao, '.demo-installed'), 'w').close()
 
     def test_ctrl_c_while_creating(self):
-        """Ctrl-C while the database is created stops the demo, the SMTP
-        server and trytond-admin, with one line and exit code 0"""
+        """Ctrl-C on make demo while the database is created stops the demo,
+        the SMTP server and trytond-admin, with one line, and make exits
+        with code 0"""
         env = os.environ.copy()
         env.update({
                 'DEMO_DIR': self.directory,
                 'DEMO_HTTP_PORT': str(free_port()),
                 'DEMO_SMTP_PORT': str(free_port()),
                 })
-        # In its own process group, as the foreground job of a terminal
-        demo = subprocess.Popen(
-            [sys.executable, '-P', DEMO], env=env, cwd=os.path.dirname(DEMO),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, start_new_session=True)
-        self.addCleanup(self.kill, demo)
-        lines, creating = [], threading.Event()
+        # make demo in a terminal of its own, as a person runs it
+        pid, terminal = pty.fork()
+        if not pid:
+            try:
+                os.chdir(ROOT)
+                os.execvpe('make', ['make', '--no-print-directory', 'demo'],
+                    env)
+            finally:
+                os._exit(127)
+        self.addCleanup(self.kill_group, pid)
+        self.addCleanup(os.close, terminal)
+        lines, creating, ended = [], threading.Event(), threading.Event()
 
         def read():
-            for line in demo.stdout:
-                line = line.decode(errors='replace')
-                lines.append(line)
-                if 'Creating the database' in line:
-                    creating.set()
+            pending = b''
+            while True:
+                try:
+                    data = os.read(terminal, 4096)
+                except OSError:
+                    data = b''
+                if not data:
+                    break
+                pending += data
+                *done, pending = pending.split(b'\n')
+                for line in done:
+                    line = line.decode(errors='replace').rstrip('\r')
+                    lines.append(line)
+                    if 'Creating the database' in line:
+                        creating.set()
+            lines.append(pending.decode(errors='replace'))
+            ended.set()
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        self.assertTrue(creating.wait(120), ''.join(lines))
+        self.assertTrue(creating.wait(120), '\n'.join(lines))
         # Until trytond-admin works on the database
         config = os.path.join(self.directory, 'trytond.conf')
         deadline = time.monotonic() + 60
         while not [p for p in processes_naming(config)
                 if 'trytond-admin' in self.command(p)]:
-            self.assertLess(time.monotonic(), deadline, ''.join(lines))
-            self.assertIsNone(demo.poll(), ''.join(lines))
+            self.assertLess(time.monotonic(), deadline, '\n'.join(lines))
             time.sleep(0.05)
         smtp = processes_naming(os.path.join(self.directory, 'mail'))
         self.assertTrue(smtp)
 
-        # What a terminal does on Ctrl-C: SIGINT to its foreground job
-        os.killpg(demo.pid, signal.SIGINT)
-        self.assertEqual(demo.wait(60), 0, ''.join(lines))
-        reader.join(10)
-        output = ''.join(lines)
+        # Ctrl-C, typed in the terminal
+        os.write(terminal, b'\x03')
+        _, status = os.waitpid(pid, 0)
+        ended.wait(10)
+        output = '\n'.join(lines)
+        self.assertEqual(os.waitstatus_to_exitcode(status), 0, output)
         self.assertNotIn('Traceback', output)
         self.assertNotIn('ERROR', output)
+        self.assertNotIn('Interrupt', output)
         # One line after the database step began, and nothing else
         after = output.split('Creating the database', 1)[1].splitlines()[1:]
-        self.assertEqual([l for l in after if l.strip()], ['[demo] Stopped'])
+        self.assertEqual(
+            [l for l in after if l.strip() and l.strip() != '^C'],
+            ['[demo] Stopped'])
         self.assertEqual(processes_naming(self.directory), [])
+
+    def kill_group(self, pid):
+        "Leave no process behind a failing test"
+        for process in [pid] + processes_naming(self.directory):
+            try:
+                os.killpg(process, signal.SIGKILL)
+            except OSError:
+                pass
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
 
     @staticmethod
     def command(pid):
@@ -164,14 +195,3 @@ class DemoStopTestCase(unittest.TestCase):
                 return file.read().decode(errors='replace')
         except OSError:
             return ''
-
-    def kill(self, process):
-        "Leave no process behind a failing test"
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        for pid in processes_naming(self.directory):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
