@@ -22,7 +22,7 @@ from trytond.transaction import Transaction
 
 REPORT = 'marketing.automation.email.preview'
 # Images and styles as the marketer writes them
-TEMPLATE = (
+STYLED_TEMPLATE = (
     '<html><head><style>p{color:#336}</style></head><body>'
     '<img src="https://shop.example.com/logo.png" alt="Shop"/>'
     '<p style="font-weight:bold">Dear ${record.name},</p>'
@@ -67,7 +67,7 @@ class PreviewTestCase(DatabaseTestCase):
 
     def scenario(self, prefix, count=2, **values):
         create_parties(prefix, count)
-        values.setdefault('email_template', TEMPLATE)
+        values.setdefault('email_template', STYLED_TEMPLATE)
         return create_scenario(prefix, [email_activity(**values)])
 
     def assert_untracked(self, content):
@@ -463,8 +463,13 @@ class CompanyTestCase(PublicNameTestCase):
                 with transaction.set_context(company=company.id):
                     Sale.create([{'company': company.id, 'party': party.id,
                                 'currency': company.currency.id}])
+            # A sale has no name: its party has
             scenario = create_scenario(
-                'CS', [email_activity()], model='sale.sale',
+                'CS', [email_activity(
+                        email_title="Hello ${record.party.name}",
+                        email_template=STYLED_TEMPLATE.replace(
+                            'record.name', 'record.party.name'))],
+                model='sale.sale',
                 domain=PYSONEncoder().encode(
                     [('party.code', '=', 'CS-000000')]))
             Scenario.trigger([scenario])
