@@ -308,3 +308,15 @@ class BrowserTestCase(unittest.TestCase):
         browser.click(tab.get_by_role('tab', name="Done"))
         browser.contains(tab.locator('tbody tr').first, "Ada Lovelace")
         browser.step('record-activities')
+
+        # What each activity did, in the report
+        menu = page.locator('#menu')
+        browser.click(menu.get_by_text("Reporting", exact=True))
+        browser.click(menu.get_by_text("Activity Report", exact=True))
+        tab = page.locator('#tabcontent .tab-pane.active')
+        browser.contains(tab.locator('tbody'), "Offer")
+        browser.step('activity-report')
+        browser.click(menu.get_by_text("Scenario Report", exact=True))
+        tab = page.locator('#tabcontent .tab-pane.active')
+        browser.contains(tab.locator('tbody'), "Welcome")
+        browser.step('scenario-report')
