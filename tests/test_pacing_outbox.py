@@ -538,6 +538,10 @@ class PacingFaultTestCase(FaultTestCase):
         self.assertLess(drain, self.DRAIN)
         return stats
 
+    # The back-off lives in the outbox, not in the database: one backend
+    # proves it, and the PostgreSQL run is the longer one
+    @unittest.skipIf(BACKEND == 'postgresql',
+        "the SMTP back-off is the same on every backend: run on SQLite")
     def test_pacing_fault_busy_greeting(self):
         """A server greets with 421 for a while, then recovers: the
         backlog goes out at the normal pace within a minute"""
