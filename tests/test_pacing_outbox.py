@@ -538,8 +538,9 @@ class PacingFaultTestCase(FaultTestCase):
         self.assertLess(drain, self.DRAIN)
         return stats
 
-    # The back-off lives in the outbox, not in the database: one backend
-    # proves it, and the PostgreSQL run is the longer one
+    # The back-off is the same on every backend, and the pace row under
+    # concurrent workers on PostgreSQL is test_pacing_rate_workers': one
+    # backend proves it, not the PostgreSQL run, the longer one
     @unittest.skipIf(BACKEND == 'postgresql',
         "the SMTP back-off is the same on every backend: run on SQLite")
     def test_pacing_fault_busy_greeting(self):
