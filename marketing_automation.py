@@ -629,6 +629,12 @@ class Record(ModelSQL, ModelView):
             ('uuid_unique', Unique(t, t.uuid),
                 'marketing_automation.msg_record_uuid_unique'),
             ]
+        # The rows of the scenario report, a probe by scenario and period;
+        # its statistics tell PostgreSQL how few days the figures group by
+        cls._sql_indexes.add(
+            Index(t,
+                (t.scenario, Index.Range()),
+                (fields.Date("Day").sql_cast(t.create_date), Index.Range())))
         cls._buttons.update({
                 'block': {
                     'invisible': Bool(Eval('blocked')),

@@ -124,6 +124,17 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                     (t.activity, Index.Range()),
                     (t.at, Index.Range()),
                     where=t.state.in_(['done', 'failed'])),
+                # The statistics of the days of the record activities tell
+                # PostgreSQL how few rows the reports group by
+                Index(t,
+                    (t.activity, Index.Range()),
+                    (fields.Date("Day").sql_cast(t.at), Index.Range())),
+                # The few flagged ones that the figures of a scenario count
+                Index(t,
+                    (t.record, Index.Range()),
+                    where=(t.email_bounced == Literal(True))
+                    | (t.email_complained == Literal(True))
+                    | (t.state == 'failed')),
                 })
         cls._order.insert(0, ('at', 'DESC NULLS FIRST'))
         cls._transitions |= {

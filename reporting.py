@@ -8,11 +8,11 @@ import datetime as dt
 from collections import defaultdict
 
 from dateutil.relativedelta import relativedelta
-from sql import Cast, Column, Literal, Null
+from sql import Cast, Column, Literal, Null, Values
 from sql.aggregate import Count, Max, Min, Sum
 from sql.conditionals import Case, Coalesce
 from sql.functions import DateTrunc
-from sql.operators import Mul
+from sql.operators import Exists, Mul
 
 from trytond.model import ModelSQL, ModelView, fields
 from trytond.pool import Pool
@@ -36,6 +36,11 @@ def _count(condition):
     return Sum(Case((condition, 1), else_=0))
 
 
+def _total(column):
+    "The sum of counts, an integer on every backend (a numeric on PostgreSQL)"
+    return Cast(Sum(column), 'INTEGER')
+
+
 def _rate(numerator, denominator):
     "A fraction, as a float on every backend, or 0"
     return Case(
@@ -47,19 +52,20 @@ def _period():
 
 
 _DATE = fields.Date("Date")
+_DATETIME = fields.DateTime("Date")
+# At most that many periods are probed for the rows of a report, else its
+# rows are those of its figures
+MAX_PERIODS = 1000
 
 
-def _date(column):
-    return _DATE.sql_cast(DateTrunc(_period(), column))
+def _day(column):
+    "The day of column: a cast is cheaper than a truncation on each row"
+    return _DATE.sql_cast(column)
 
 
-def _by_date(column, columns, group_by):
-    """Add the date of column by the period of the context to columns and
-    group_by, and return the condition of the dates of the context"""
-    date = _date(column)
-    columns.append(date.as_('date'))
-    group_by.append(date.as_('date'))
-    return _dates_where(column)
+def _date(day):
+    "The first day of the period of the context of the day"
+    return _DATE.sql_cast(DateTrunc(_period(), _DATETIME.sql_cast(day)))
 
 
 def _dates_where(column):
@@ -72,6 +78,70 @@ def _dates_where(column):
         where &= column < dt.datetime.combine(
             context['to_date'] + dt.timedelta(days=1), dt.time())
     return where
+
+
+def _periods():
+    """Return the values of the periods of the context within its dates:
+    index, first day, first day within the dates and the day after the
+    last; None when a date is missing or there are too many"""
+    context = Transaction().context
+    from_date, to_date = context.get('from_date'), context.get('to_date')
+    if not from_date or not to_date or from_date > to_date:
+        return None
+    delta = PERIODS[_period()]
+    start = _truncate(from_date)
+    end = to_date + dt.timedelta(days=1)
+    periods = []
+    while start <= to_date:
+        periods.append([len(periods), start, max(start, from_date),
+                min(start + delta, end)])
+        if len(periods) > MAX_PERIODS:
+            return None
+        start += delta
+    return periods
+
+
+def _rows(aggregate, key, keys, exists, figures=None, **extra):
+    """Return the query of the rows of a report: the rows of keys (a table)
+    by period of the context that exists(keys.id, start, end), joined to
+    the figures grouped by key and date (by default those of aggregate);
+    aggregate() alone when the periods are not bounded. extra are more
+    columns of keys, by name.
+
+    A search reads no figure: PostgreSQL drops the join when no column of
+    the figures is read, so that the figures are computed once, by the
+    read. The id is made of the key and of the index of the period."""
+    periods = _periods()
+    if periods is None:
+        return aggregate()
+    if figures is None:
+        figures = aggregate()
+    values = Values(periods)
+    index, date, start, end = (
+        Column(values, 'column%s' % i) for i in range(1, 5))
+    rows = keys.join(values, type_='CROSS').select(
+        (Cast(keys.id, 'BIGINT') * len(periods) + index + 1).as_('id'),
+        keys.id.as_(key), date.as_('date'),
+        *(c.as_(n) for n, c in extra.items()),
+        where=exists(keys.id, start, end))
+    names = [c.output_name for c in figures.columns]
+    return rows.join(figures, 'LEFT',
+        condition=(Column(figures, key) == Column(rows, key))
+        & (figures.date == rows.date)
+        ).select(rows.id, Column(rows, key),
+            _DATE.sql_cast(rows.date).as_('date'),
+            *(Column(rows, n) for n in extra),
+            *(Column(figures, n) for n in names
+                if n not in {'id', key, 'date', *extra}))
+
+
+def _lazy_figures(cls):
+    """The figures are read when asked, not loaded by a search: its query
+    reads only the keys of the rows"""
+    for name in dir(cls):
+        field = getattr(cls, name)
+        if name != 'id' and isinstance(field, (fields.Integer, fields.Float)):
+            field.loading = 'lazy'
 
 
 class Context(ModelView):
@@ -141,10 +211,23 @@ class Scenario(ModelSQL, ModelView):
     def __setup__(cls):
         super().__setup__()
         cls._order = [('date', 'DESC'), ('scenario', 'ASC'), ('id', 'ASC')]
+        _lazy_figures(cls)
 
     @classmethod
     def table_query(cls):
-        return cls.aggregate()
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Record = pool.get('marketing.automation.record')
+        record = Record.__table__()
+
+        def exists(scenario, start, end):
+            # A probe of the index on the scenario and day of the records
+            day = _day(record.create_date)
+            return Exists(record.select(Literal(1),
+                    where=(record.scenario == scenario)
+                    & (day >= start) & (day < end)))
+        return _rows(
+            cls.aggregate, 'scenario', Scenario.__table__(), exists)
 
     @classmethod
     def aggregate(cls, ids=None, dated=True):
@@ -161,9 +244,8 @@ class Scenario(ModelSQL, ModelView):
         bounced = record_activity.email_bounced == Literal(True)
         complained = record_activity.email_complained == Literal(True)
         failed = record_activity.state == 'failed'
-        # The records with a flagged email or a failure, joined: a subquery
-        # by record would cost the hundreds of thousands of records a
-        # lookup each
+        # The few records with a flagged email or a failure, from a partial
+        # index, rather than a lookup for each record
         flagged = record_activity.select(
             record_activity.record.as_('record'),
             Max(Case((bounced, 1), else_=0)).as_('bounced'),
@@ -171,31 +253,49 @@ class Scenario(ModelSQL, ModelView):
             _count(failed).as_('failed'),
             where=bounced | complained | failed,
             group_by=[record_activity.record])
-        blocked = _count(record.blocked == Literal(True))
-        converted = _count(record.converted != Null)
-        columns = [
-            Min(record.id).as_('id'),
-            record.scenario.as_('scenario'),
-            Count().as_('record_count'),
-            blocked.as_('record_count_blocked'),
-            _rate(blocked, Count()).as_('block_rate'),
-            # A sum of counts is a numeric on PostgreSQL
-            Cast(Sum(Coalesce(flagged.failed, 0)), 'INTEGER').as_(
-                'failed_count'),
-            _count(flagged.bounced == 1).as_('email_bounced'),
-            _count(flagged.complained == 1).as_('email_complained'),
-            converted.as_('record_count_converted'),
-            _rate(converted, Count()).as_('conversion_rate'),
-            ]
+
         where = Literal(True)
         if ids is not None:
             where &= reduce_ids(record.scenario, ids)
-        group_by = [record.scenario]
+        keys = [record.scenario.as_('scenario')]
         if dated:
-            where &= _by_date(record.create_date, columns, group_by)
-        return record.join(flagged, 'LEFT',
+            where &= _dates_where(record.create_date)
+            keys.append(_day(record.create_date).as_('day'))
+        # Counted by day, then by period of the context
+        counts = record.join(flagged, 'LEFT',
             condition=flagged.record == record.id
-            ).select(*columns, where=where, group_by=group_by)
+            ).select(*keys,
+                Min(record.id).as_('id'),
+                Count().as_('records'),
+                _count(record.blocked == Literal(True)).as_('blocked'),
+                _count(record.converted != Null).as_('converted'),
+                Sum(Coalesce(flagged.failed, 0)).as_('failed'),
+                _count(flagged.bounced == 1).as_('bounced'),
+                _count(flagged.complained == 1).as_('complained'),
+                where=where, group_by=[k.expression for k in keys])
+        records = _total(counts.records)
+        blocked = _total(counts.blocked)
+        converted = _total(counts.converted)
+        columns = [
+            Min(counts.id).as_('id'),
+            counts.scenario.as_('scenario'),
+            records.as_('record_count'),
+            blocked.as_('record_count_blocked'),
+            _rate(blocked, records).as_('block_rate'),
+            _total(counts.failed).as_('failed_count'),
+            _total(counts.bounced).as_('email_bounced'),
+            _total(counts.complained).as_('email_complained'),
+            converted.as_('record_count_converted'),
+            _rate(converted, records).as_('conversion_rate'),
+            ]
+        group_by = [counts.scenario]
+        if dated:
+            # As a position: PostgreSQL tells apart the same expressions
+            # with parameters of their own
+            date = _date(counts.day).as_('date')
+            columns.append(date)
+            group_by.append(date)
+        return counts.select(*columns, group_by=group_by)
 
 
 class Activity(ModelSQL, ModelView):
@@ -229,6 +329,7 @@ class Activity(ModelSQL, ModelView):
     def __setup__(cls):
         super().__setup__()
         cls._order = [('date', 'DESC'), ('activity', 'ASC'), ('id', 'ASC')]
+        _lazy_figures(cls)
 
     def get_scenario(self, name):
         return self.activity.scenario.id if self.activity else None
@@ -241,7 +342,22 @@ class Activity(ModelSQL, ModelView):
 
     @classmethod
     def table_query(cls):
-        return cls.aggregate()
+        pool = Pool()
+        Activity = pool.get('marketing.automation.activity')
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        record_activity = RecordActivity.__table__()
+        activity = Activity.__table__()
+
+        def exists(activity, start, end):
+            # A probe of the partial index on the activity and date of the
+            # record activities done or failed
+            return Exists(record_activity.select(Literal(1),
+                    where=(record_activity.activity == activity)
+                    & record_activity.state.in_(['done', 'failed'])
+                    & (record_activity.at >= start)
+                    & (record_activity.at < end)))
+        return _rows(cls.aggregate, 'activity', activity, exists,
+            figures=cls._figures(), activity_action=activity.action)
 
     @classmethod
     def aggregate(cls, ids=None, dated=True):
@@ -251,48 +367,63 @@ class Activity(ModelSQL, ModelView):
 
         The statistics of the activities are the undated figures."""
         pool = Pool()
-        RecordActivity = pool.get('marketing.automation.record.activity')
         Activity = pool.get('marketing.automation.activity')
-        record_activity = RecordActivity.__table__()
         activity = Activity.__table__()
-        done = _count(record_activity.state == 'done')
-        opened = _count(record_activity.email_opened == Literal(True))
-        clicked = _count(record_activity.email_clicked == Literal(True))
-        columns = [
-            Min(record_activity.id).as_('id'),
-            record_activity.activity.as_('activity'),
-            done.as_('record_count'),
-            _count(record_activity.state == 'failed').as_('failed_count'),
-            opened.as_('email_opened'),
-            clicked.as_('email_clicked'),
-            _count(record_activity.email_opened_machine
-                == Literal(True)).as_('email_opened_machine'),
-            _count(record_activity.email_filtered
-                == Literal(True)).as_('email_filtered'),
-            _count(record_activity.email_bounced
-                == Literal(True)).as_('email_bounced'),
-            _count(record_activity.email_complained
-                == Literal(True)).as_('email_complained'),
-            _rate(opened, done).as_('email_open_rate'),
-            _rate(clicked, done).as_('email_click_rate'),
-            _rate(clicked, opened).as_('email_click_through_rate'),
-            ]
+        figures = cls._figures(ids=ids, dated=dated)
+        # The action joined to the figures, not to each record activity
+        return figures.join(activity,
+            condition=figures.activity == activity.id
+            ).select(
+                *(Column(figures, c.output_name).as_(c.output_name)
+                    for c in figures.columns),
+                activity.action.as_('activity_action'))
+
+    @classmethod
+    def _figures(cls, ids=None, dated=True):
+        "Return the query of the figures, grouped by activity and date"
+        pool = Pool()
+        RecordActivity = pool.get('marketing.automation.record.activity')
+        record_activity = RecordActivity.__table__()
+        flags = ['email_opened', 'email_clicked', 'email_opened_machine',
+            'email_filtered', 'email_bounced', 'email_complained']
         # A bounced email may have failed its record activity
         where = (record_activity.state.in_(['done', 'failed'])
             & (record_activity.at != Null))
         if ids is not None:
             where &= reduce_ids(record_activity.activity, ids)
-        group_by = [record_activity.activity]
+        keys = [record_activity.activity.as_('activity')]
         if dated:
-            where &= _by_date(record_activity.at, columns, group_by)
-        figures = record_activity.select(
-            *columns, where=where, group_by=group_by)
-        # The action joined to the figures, not to each record activity
-        return figures.join(activity,
-            condition=figures.activity == activity.id
-            ).select(
-                *[Column(figures, c.output_name) for c in columns],
-                activity.action.as_('activity_action'))
+            where &= _dates_where(record_activity.at)
+            keys.append(_day(record_activity.at).as_('day'))
+        # Counted by day, then by period of the context
+        counts = record_activity.select(*keys,
+            Min(record_activity.id).as_('id'),
+            _count(record_activity.state == 'done').as_('done'),
+            _count(record_activity.state == 'failed').as_('failed'),
+            *(_count(Column(record_activity, f) == Literal(True)).as_(f)
+                for f in flags),
+            where=where, group_by=[k.expression for k in keys])
+        done = _total(counts.done)
+        opened = _total(counts.email_opened)
+        clicked = _total(counts.email_clicked)
+        columns = [
+            Min(counts.id).as_('id'),
+            counts.activity.as_('activity'),
+            done.as_('record_count'),
+            _total(counts.failed).as_('failed_count'),
+            *(_total(Column(counts, f)).as_(f) for f in flags),
+            _rate(opened, done).as_('email_open_rate'),
+            _rate(clicked, done).as_('email_click_rate'),
+            _rate(clicked, opened).as_('email_click_through_rate'),
+            ]
+        group_by = [counts.activity]
+        if dated:
+            # As a position: PostgreSQL tells apart the same expressions
+            # with parameters of their own
+            date = _date(counts.day).as_('date')
+            columns.append(date)
+            group_by.append(date)
+        return counts.select(*columns, group_by=group_by)
 
 
 def figures(Report, key, ids, names):

@@ -235,6 +235,9 @@ def bench(name, sink, options, directory):
                 'module', size, route_opens=options.route_opens)
         for size in sorted(set(options.enrol_sizes) - set(options.sizes)):
             result['enrol_only'][str(size)] = backend.measure('enrol', size)
+        if name == 'postgresql' and options.report_sizes:
+            result['reports'] = {str(s): measure_reports(backend, s, options)
+                for s in options.report_sizes}
         if name == 'postgresql' and not options.no_wrk:
             try:
                 result['wrk'] = backend.wrk(options.wrk_duration)
@@ -289,6 +292,7 @@ def report(result):
             for run, f in ((r, wrk[r]) for r in WRK_RUNS)]
         out.append(table(rows, [
                     'run', 'req/s', 'p99 ms', 'errors', 'of baseline']))
+    out.append(report_reports(result))
     return '\n'.join(out) + '\n'
 
 
@@ -376,7 +380,69 @@ def targets(result):
             '%.0f%% of the baseline, p99 %.1f ms, %s errors, target >= 25%% '
             'and no error', run, figures['rps'], 100 * share,
             figures['p99_ms'], figures['errors'])
+    report_targets(result, check)
     return lines
+
+
+# The reads of the reports and of the statistics of the forms, at a million
+REPORT_READS = ['scenario_report', 'activity_report', 'scenario_form',
+    'activity_form']
+REPORT_TARGET_S = 1.0
+
+
+def measure_reports(backend, size, options):
+    """Return the figures of the reads of the reports and statistics on a
+    fresh database filled with size records, the reads in a fresh process"""
+    with backend.database('ma_bench_reports_%s_%s' % (
+                size, os.getpid())) as database:
+        build = backend.measure('reports_build', size, database=database,
+            uri=POSTGRESQL)
+        read = backend.measure('reports_read', size, database=database,
+            scenario=build['scenario'], activity=build['activity'],
+            repeats=options.report_repeats, slow_ms=100)
+    return dict(read, build=build)
+
+
+def report_reports(result):
+    "Return the table of the reads of the reports, or ''"
+    reports = by_size(result, 'reports') if result.get('reports') else {}
+    if not reports:
+        return ''
+    smallest = reports[min(reports)]
+    rows = []
+    for size, figures in reports.items():
+        build = figures['build']
+        for read in REPORT_READS:
+            read_ = figures[read]
+            rows.append([read, size, build['record_activities'],
+                    '%.3f' % read_['median'], '%.3f-%.3f' % (
+                        min(read_['seconds']), max(read_['seconds'])),
+                    max(read_['statements']), read_['rows'],
+                    '%.2fx' % (read_['median'] / smallest[read]['median'])])
+    return ('\nreports by day over a month and statistics of the forms, '
+        'median of %s reads\n' % len(smallest[REPORT_READS[0]]['seconds'])
+        ) + table(rows, [
+            'read', 'records', 'record act.', 'median s', 'min-max s',
+            'SQL', 'rows', 'vs smallest'])
+
+
+def report_targets(result, check):
+    "Check the reads of the reports at the largest size against 1 s"
+    reports = by_size(result, 'reports') if result.get('reports') else {}
+    if result['backend'] != 'postgresql':
+        return
+    if not reports or max(reports) < 1000000:
+        check(None, 'reports and statistics at 1,000,000 records: not '
+            'measured (add 1000000 to --report-sizes)')
+        return
+    size = max(reports)
+    for read in REPORT_READS:
+        figures = reports[size][read]
+        check(figures['median'] < REPORT_TARGET_S, '%s at N=%s (%s record '
+            'activities): %.3f s (median, %.3f-%.3f), target < %.0f s', read,
+            size, reports[size]['build']['record_activities'],
+            figures['median'], min(figures['seconds']),
+            max(figures['seconds']), REPORT_TARGET_S)
 
 
 def main():
@@ -393,6 +459,9 @@ def main():
     add('--route-opens', type=int, help="route opens per size (None: half)")
     add('--no-wrk', action='store_true', help="skip the throughput of wrk")
     add('--wrk-duration', type=int, default=30, help="seconds of a wrk run")
+    add('--report-sizes', type=sizes, default='200000,1000000',
+        help="records of the reports (PostgreSQL, '' for none)")
+    add('--report-repeats', type=int, default=3, help="reads of each")
     add('--output', default=os.path.join(HERE, 'results'), help="JSON files")
     options = parser.parse_args()
     started = dt.datetime.now()
@@ -413,7 +482,9 @@ def main():
     for result in results:
         print(report(result))
         result.update(common, options={'sizes': options.sizes,
-                'enrol_sizes': options.enrol_sizes, 'wrk': not options.no_wrk},
+                'enrol_sizes': options.enrol_sizes,
+                'report_sizes': options.report_sizes,
+                'wrk': not options.no_wrk},
             targets=[{'status': s, 'target': t} for s, t in targets(result)])
         dump('%s-%s.json' % (started.strftime('%Y%m%d-%H%M%S'),
                 result['backend']), result)

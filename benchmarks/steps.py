@@ -4,6 +4,7 @@
 
 Its argument is the JSON of run.py's options (the mode: floor, module, enrol
 or wrk); it prints its figures as one JSON line after '@@result '."""
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -13,6 +14,7 @@ import re
 import resource
 import sys
 import time
+import types
 
 # The same template for the floor and for the module: a name, two links and
 # an unsubscribe link
@@ -325,7 +327,226 @@ def module(options):
     return result
 
 
+# The reports read by day over the month before today
+REPORT_DAYS = 30
+# The fields that the list views of the reports show, with the names of
+# their Many2One, as the client reads them
+REPORT_FIELDS = {
+    'marketing.automation.reporting.scenario': ['date', 'scenario',
+        'scenario.rec_name', 'record_count', 'failed_count',
+        'record_count_blocked', 'block_rate', 'email_bounced',
+        'email_complained', 'record_count_converted', 'conversion_rate'],
+    'marketing.automation.reporting.activity': ['date', 'scenario',
+        'scenario.rec_name', 'activity', 'activity.rec_name',
+        'activity_action', 'record_count', 'failed_count', 'email_opened',
+        'email_clicked', 'email_open_rate', 'email_click_rate',
+        'email_click_through_rate', 'email_opened_machine',
+        'email_filtered', 'email_bounced', 'email_complained'],
+    }
+# The statistics of the forms: the figures and their trends
+FORM_FIELDS = {
+    'marketing.automation.scenario': ['record_count', 'failed_count',
+        'record_count_blocked', 'block_rate', 'block_rate_trend',
+        'email_bounced', 'email_complained', 'record_count_converted',
+        'conversion_rate', 'conversion_rate_trend'],
+    'marketing.automation.activity': ['record_count', 'failed_count',
+        'email_opened', 'email_open_rate', 'email_clicked',
+        'email_click_rate', 'email_click_through_rate',
+        'email_open_rate_trend', 'email_click_rate_trend',
+        'email_click_through_rate_trend', 'email_opened_machine',
+        'email_filtered', 'email_bounced', 'email_complained'],
+    }
+# The rows of the month, from pseudo-random draws u1 and u2 in [0, 10000)
+# of each record: the shares of the flags, in 1/10,000
+REPORT_ROWS = '''
+CREATE TEMPORARY TABLE bench_draw AS
+SELECT i, abs(hashint4(i)) %% 10000 AS u1, abs(hashint8(i)) %% 10000 AS u2,
+    %(start)s::timestamp + (i - 1) * interval '27 days' / %(size)s AS created
+FROM generate_series(1, %(size)s) AS i;
+INSERT INTO marketing_automation_record (scenario, record, uuid, blocked,
+    blocked_date, converted, create_uid, create_date)
+SELECT %(scenario)s, 'party.party,' || i, md5('bench-' || i),
+    u1 >= 270 AND u1 < 470,
+    CASE WHEN u1 >= 270 AND u1 < 470 THEN created + interval '1 day' END,
+    CASE WHEN u2 < 500 AND u1 >= 470 THEN created + interval '2 days' END,
+    0, created
+FROM bench_draw ORDER BY i;
+CREATE TEMPORARY TABLE bench_record AS
+SELECT r.id, d.* FROM marketing_automation_record AS r
+JOIN bench_draw AS d ON r.record = 'party.party,' || d.i
+WHERE r.scenario = %(scenario)s;
+-- The root: 1%% failed, 2%% bounced (a quarter of them failed), 0.2%%
+-- complaints, 29%% opened, 7.8%% clicked, 5%% opened by machine, 2%% filtered
+INSERT INTO marketing_automation_record_activity (record, activity, state,
+    at, error, email_opened, email_clicked, email_opened_machine,
+    email_filtered, email_bounced, email_complained, create_uid,
+    create_date)
+SELECT id, %(root)s, CASE WHEN u1 < 100 THEN 'failed' ELSE 'done' END,
+    created + interval '10 minutes',
+    CASE WHEN u1 < 100 THEN 'Benchmark failure' END,
+    u1 >= 250 AND u2 < 3000, u1 >= 250 AND u2 < 800,
+    u2 >= 3000 AND u2 < 3500, u2 >= 3500 AND u2 < 3700,
+    u1 >= 50 AND u1 < 250, u1 >= 250 AND u1 < 270, 0, created
+FROM bench_record ORDER BY id;
+-- The children of the opened root emails: "Opened", 40%% of them opened
+-- again, and "Not clicked after 2 days", cancelled by a click
+INSERT INTO marketing_automation_record_activity (record, activity, state,
+    at, email_opened, email_clicked, create_uid, create_date)
+SELECT id, %(opened)s, 'done', created + interval '1 day',
+    u2 < 1200, u2 < 300, 0, created
+FROM bench_record WHERE u1 >= 250 AND u2 < 3000 ORDER BY id;
+INSERT INTO marketing_automation_record_activity (record, activity, state,
+    at, email_opened, email_clicked, create_uid, create_date)
+SELECT id, %(not_clicked)s,
+    CASE WHEN u2 < 800 THEN 'cancelled' ELSE 'done' END,
+    created + interval '2 days', u2 >= 800 AND u2 < 1000, false, 0, created
+FROM bench_record WHERE u1 >= 250 AND u2 < 3000 ORDER BY id;
+DROP TABLE bench_draw;
+DROP TABLE bench_record
+'''
+
+
+def reports_build(options):
+    """Create a running scenario with size records enrolled over the month
+    and their record activities, by INSERT … SELECT generate_series, and
+    analyze the tables as autovacuum would"""
+    import psycopg
+
+    from trytond import config
+    config.update_etc(options['config'])
+    from trytond.pool import Pool
+    from trytond.transaction import Transaction
+
+    database, size = options['database'], options['size']
+    Pool.start()
+    pool = Pool(database)
+    with Transaction().start(database, 0, readonly=True):
+        pool.init()
+    Scenario = pool.get('marketing.automation.scenario')
+    started = time.perf_counter()
+    with Transaction().start(database, 0) as transaction:
+        scenario, = Scenario.create([SCENARIO])
+        Scenario.run([scenario])
+        root, = scenario.activities
+        names = {a.name: a.id for a in [root, *root.children]}
+        cursor = transaction.connection.cursor()
+        start = dt.datetime.combine(
+            dt.date.today() - dt.timedelta(days=REPORT_DAYS - 1), dt.time())
+        values = {'size': size, 'scenario': scenario.id, 'start': start,
+            'root': names['News'], 'opened': names['Opened'],
+            'not_clicked': names['Not clicked after 2 days']}
+        for statement in REPORT_ROWS.split(';'):
+            cursor.execute(statement, values)
+        transaction.commit()
+    inserted = time.perf_counter()
+    with psycopg.connect(options['uri'] + database,
+            autocommit=True) as connection:
+        for table in ['marketing_automation_record',
+                'marketing_automation_record_activity']:
+            connection.execute('VACUUM ANALYZE %s' % table)
+        counts = connection.execute('SELECT (SELECT count(*) FROM '
+            'marketing_automation_record), (SELECT count(*) FROM '
+            'marketing_automation_record_activity)').fetchone()
+    return {'size': size, 'records': counts[0],
+        'record_activities': counts[1],
+        'insert_seconds': round(inserted - started, 2),
+        'analyze_seconds': round(time.perf_counter() - inserted, 2),
+        'scenario': scenario.id, 'activity': names['News']}
+
+
+def reports_read(options):
+    """Time, through the ORM and each in a transaction of its own, the
+    reports by day over the month (search and read of the fields of their
+    list views) and the statistics on the forms (read of their Function
+    fields), repeats times each; keep the plans of the slow statements"""
+    from trytond import config
+    config.update_etc(options['config'])
+    from trytond.pool import Pool
+    from trytond.transaction import Transaction
+
+    database, repeats = options['database'], options['repeats']
+    Pool.start()
+    pool = Pool(database)
+    with Transaction().start(database, 0, readonly=True):
+        pool.init()
+    today = dt.date.today()
+    month = {'period': 'day', 'to_date': today,
+        'from_date': today - dt.timedelta(days=REPORT_DAYS - 1)}
+    slow = {}
+
+    def report(name):
+        Report = pool.get(name)
+        with Transaction().set_context(month):
+            records = Report.search([], limit=1000)
+            return len(Report.read(
+                    [r.id for r in records], REPORT_FIELDS[name]))
+
+    def form(name, id_):
+        return len(pool.get(name).read([id_], FORM_FIELDS[name]))
+    reads = {
+        'scenario_report': functools.partial(
+            report, 'marketing.automation.reporting.scenario'),
+        'activity_report': functools.partial(
+            report, 'marketing.automation.reporting.activity'),
+        'scenario_form': functools.partial(
+            form, 'marketing.automation.scenario', options['scenario']),
+        'activity_form': functools.partial(
+            form, 'marketing.automation.activity', options['activity']),
+        }
+    result = {}
+    with _timed_statements(slow, options['slow_ms']) as counter:
+        for name, read in reads.items():
+            seconds, statements = [], []
+            for _ in range(repeats):
+                count = counter.count
+                with Transaction().start(database, 0, readonly=True):
+                    start = time.perf_counter()
+                    rows = read()
+                    seconds.append(round(time.perf_counter() - start, 4))
+                statements.append(counter.count - count)
+            result[name] = {'seconds': seconds, 'rows': rows,
+                'statements': statements, 'median': sorted(seconds)[
+                    len(seconds) // 2], 'load_average': round(
+                    os.getloadavg()[0], 2)}
+    # The plans of the slow statements, each once
+    plans = result['plans'] = []
+    with Transaction().start(database, 0, readonly=True) as transaction:
+        cursor = transaction.connection.cursor()
+        for (query, params), (ms, values) in sorted(
+                slow.items(), key=lambda i: -i[1][0]):
+            cursor.execute('EXPLAIN (ANALYZE, BUFFERS) ' + query, values)
+            plans.append({'ms': ms, 'query': query, 'params': params,
+                    'plan': '\n'.join(r for r, in cursor)})
+    return result
+
+
+@contextlib.contextmanager
+def _timed_statements(slow, slow_ms):
+    """Count the statements of the block and keep in slow the slowest time
+    in ms of those slower than slow_ms, by query and parameters"""
+    from trytond.backend.postgresql.database import LoggingCursor
+    original = LoggingCursor.execute
+    counter = types.SimpleNamespace(count=0)
+
+    def execute(cursor, query, params=None, *args, **kwargs):
+        counter.count += 1
+        start = time.perf_counter()
+        try:
+            return original(cursor, query, params, *args, **kwargs)
+        finally:
+            ms = round(1000 * (time.perf_counter() - start), 1)
+            if ms >= slow_ms:
+                key = (str(query), repr(params))
+                slow[key] = (max(ms, slow.get(key, (0,))[0]), params)
+    LoggingCursor.execute = execute
+    try:
+        yield counter
+    finally:
+        LoggingCursor.execute = original
+
+
 if __name__ == '__main__':
     options = json.loads(sys.argv[1])
-    result = (floor if options['mode'] == 'floor' else module)(options)
+    result = {'floor': floor, 'reports_build': reports_build,
+        'reports_read': reports_read}.get(options['mode'], module)(options)
     print('@@result ' + json.dumps(result), flush=True)
