@@ -313,23 +313,24 @@ class Email(metaclass=PoolMeta):
         cursor = transaction.connection.cursor()
         now = current_time()
         at = _purge_time(table)
-        due = (_unpurged(table)
-            & table.marketing_automation_status.in_(PURGEABLE)
-            & (at < now - dt.timedelta(days=days)))
+        # The walk reads the index alone, in its order: the outbox, which
+        # it also holds, is left out by the update
+        walk = _unpurged(table) & (at < now - dt.timedelta(days=days))
+        due = walk & table.marketing_automation_status.in_(PURGEABLE)
         purged, last, size = 0, None, batch_size()
         while True:
-            where = due
+            where = walk
             if last:
-                # After the last batch: the index walks no purged row again
+                # After the last batch: no purged row is read again
                 last_at, last_id = last
-                where = due & ((at > last_at)
-                    | ((at == last_at) & (table.id > last_id)))
+                where &= (at >= last_at) & (
+                    (at > last_at) | (table.id > last_id))
             cursor.execute(*table.select(table.id, at, where=where,
                     order_by=[at.asc, table.id.asc], limit=size))
             rows = cursor.fetchall()
             if not rows:
                 break
-            # The condition again: the update alone decides what it drops
+            # The condition again: it drops only what is still due
             cursor.execute(*table.update(
                     [table.body, table.marketing_automation_message,
                         table.write_uid, table.write_date],

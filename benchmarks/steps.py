@@ -448,6 +448,21 @@ def retention(options):
                 [old, old]))
         transaction.commit()
     result['before'] = live_sizes()
+    # The plans of the first and of a next batch of the purge, as its
+    # SELECT with the values
+    at = 'COALESCE(marketing_automation_sent_at, create_date)'
+    with psycopg.connect(uri, autocommit=True) as connection:
+        for key, keyset in [('purge_plan', ''), ('purge_plan_next',
+                    "AND %(at)s >= LOCALTIMESTAMP - INTERVAL '101 days' "
+                    "AND (%(at)s > LOCALTIMESTAMP - INTERVAL '101 days' "
+                    "OR id > 1000) ")]:
+            result[key] = [line for line, in connection.execute((
+                        "EXPLAIN SELECT id, %(at)s FROM ir_email "
+                        "WHERE marketing_automation_status IS NOT NULL "
+                        "AND body IS NOT NULL "
+                        "AND %(at)s < LOCALTIMESTAMP - INTERVAL '90 days' "
+                        + keyset + "ORDER BY %(at)s, id LIMIT 500")
+                    % {'at': at})]
     with step() as purge, Transaction().start(database, 0) as transaction:
         purged = Email.marketing_automation_purge()
     result['purge'] = purge.result('email', purged, purged=purged)
