@@ -8,6 +8,7 @@ import datetime as dt
 
 from sql import Null
 from sql.conditionals import Coalesce
+from sql.operators import Greater
 
 import trytond.config as config
 from trytond.i18n import gettext
@@ -321,10 +322,9 @@ class Email(metaclass=PoolMeta):
         while True:
             where = walk
             if last:
-                # After the last batch: no purged row is read again
-                last_at, last_id = last
-                where &= (at >= last_at) & (
-                    (at > last_at) | (table.id > last_id))
+                # After the last batch, as a row value that the index
+                # takes: no purged row is read again
+                where &= Greater((at, table.id), last)
             cursor.execute(*table.select(table.id, at, where=where,
                     order_by=[at.asc, table.id.asc], limit=size))
             rows = cursor.fetchall()
@@ -338,7 +338,7 @@ class Email(metaclass=PoolMeta):
                     where=reduce_ids(table.id, [i for i, _ in rows]) & due))
             purged += cursor.rowcount
             last_id, last_at = rows[-1]
-            last = last_at, last_id
+            last = (last_at, last_id)
             # A short transaction per batch, however many are due
             transaction.commit()
         return purged

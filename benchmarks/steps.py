@@ -447,15 +447,17 @@ def retention(options):
                 [table.create_date, table.marketing_automation_sent_at],
                 [old, old]))
         transaction.commit()
+    # The statistics that autovacuum keeps after so many changes
+    with psycopg.connect(uri, autocommit=True) as connection:
+        connection.execute('ANALYZE ir_email')
     result['before'] = live_sizes()
     # The plans of the first and of a next batch of the purge, as its
     # SELECT with the values
     at = 'COALESCE(marketing_automation_sent_at, create_date)'
     with psycopg.connect(uri, autocommit=True) as connection:
         for key, keyset in [('purge_plan', ''), ('purge_plan_next',
-                    "AND %(at)s >= LOCALTIMESTAMP - INTERVAL '101 days' "
-                    "AND (%(at)s > LOCALTIMESTAMP - INTERVAL '101 days' "
-                    "OR id > 1000) ")]:
+                    "AND (%(at)s, id) > "
+                    "(LOCALTIMESTAMP - INTERVAL '101 days', 1000) ")]:
             result[key] = [line for line, in connection.execute((
                         "EXPLAIN SELECT id, %(at)s FROM ir_email "
                         "WHERE marketing_automation_status IS NOT NULL "
