@@ -57,7 +57,8 @@ def as_sent(email):
 
     A tracked link whose target the email does not know stays as sent: it
     is answered 404 and counts nothing. The emails sent by Tryton's own
-    module kept no body."""
+    module kept no body; the purge drops those of this module after their
+    retention (see purged)."""
     body = email.body or ''
     test = html.escape(email_.unsubscribe_url(preview.TEST_RECORD))
     token = email.marketing_automation_token
@@ -75,6 +76,24 @@ def as_sent(email):
         return match.group(0)
     # In one pass, so that no target is taken for a tracked link
     return ROUTE.sub(untracked, body)
+
+
+PURGED = '''<!DOCTYPE html>
+<html><head><meta charset="utf-8"/><title>%(title)s</title></head>
+<body><p>%(text)s</p></body></html>
+'''
+
+
+def purged(email):
+    """Return the page that says that the body of email was purged: the
+    report opens, rather than failing on the email that has none"""
+    return PURGED % {
+        'title': html.escape(email.subject or ''),
+        'text': html.escape(gettext(
+                'marketing_automation.msg_preview_purged',
+                subject=email.subject or '',
+                recipients=email.recipients or '')),
+        }
 
 
 class EmailPreview(Report):
@@ -95,11 +114,14 @@ class EmailPreview(Report):
         model = record.__class__.__name__
         if model == 'ir.email':
             email = Email(record.id)
-            if not email.body:
+            if email.marketing_automation_purged():
+                context['body'] = purged(email)
+            elif not email.body:
                 raise PreviewError(gettext(
                         'marketing_automation.msg_preview_no_body',
                         email=email.rec_name))
-            context['body'] = as_sent(email)
+            else:
+                context['body'] = as_sent(email)
         elif model == 'marketing.automation.activity':
             activity = Activity(record.id)
             _, context['body'] = for_record(

@@ -4,7 +4,11 @@
 actions, and ir.email, the archive of sent emails that is also the outbox
 (delivered by outbox.py) and takes the bounces and complaints of the
 inbound_email module (read by feedback.py)"""
+import datetime as dt
+
 from sql import Null
+from sql.conditionals import Coalesce
+from sql.operators import Greater
 
 import trytond.config as config
 from trytond.i18n import gettext
@@ -15,9 +19,36 @@ from trytond.tools import reduce_ids
 from trytond.transaction import Transaction
 
 from . import feedback, outbox
-from .batch import sliced, sliced_rows
+from .batch import batch_size, sliced, sliced_rows
 from .email_ import html_to_text
 from .marketing_automation import current_time
+
+RETENTION_DAYS = 90
+# The emails whose body the purge may drop: those of the module, done with
+PURGEABLE = ['sent', 'failed']
+
+
+def retention_days():
+    """Return after how many days the bodies of the marketing emails sent
+    are purged, 0 to keep them for ever"""
+    value = config.get(
+        'marketing', 'automation_retention_days', default=None)
+    if value is None:
+        return RETENTION_DAYS
+    value = value.strip()
+    return max(int(value), 0) if value else 0
+
+
+def _purge_time(table):
+    "When an email starts its retention: sent, or composed if given up"
+    return Coalesce(table.marketing_automation_sent_at, table.create_date)
+
+
+def _unpurged(table):
+    """The emails of the module that have a body: those of the outbox too,
+    a predicate with no parameter, which SQLite indexes"""
+    return ((table.marketing_automation_status != Null)
+        & (table.body != Null))
 
 
 class Cron(metaclass=PoolMeta):
@@ -31,6 +62,8 @@ class Cron(metaclass=PoolMeta):
                     "Trigger Marketing Scenarios"),
                 ('marketing.automation.record.activity|process',
                     "Process Marketing Activity"),
+                ('ir.email|marketing_automation_purge',
+                    "Purge Marketing Emails"),
                 ])
 
 
@@ -138,6 +171,10 @@ class Email(metaclass=PoolMeta):
                 # The frequency cap counts the emails of a party
                 Index(t, (t.marketing_automation_party, Index.Range()),
                     where=t.marketing_automation_party != Null),
+                # The purge walks the emails that still have a body, from
+                # the oldest
+                Index(t, (_purge_time(t), Index.Range()),
+                    (t.id, Index.Range()), where=_unpurged(t)),
                 })
 
     @classmethod
@@ -257,6 +294,59 @@ class Email(metaclass=PoolMeta):
                 for name in names:
                     values[name][record_activity] = row[name]
         return values
+
+    @classmethod
+    def marketing_automation_purge(cls):
+        """Drop the body and the MIME text of the marketing emails sent or
+        given up more than automation_retention_days ago, by batches, each
+        committed; return how many were purged
+
+        The cron entry point. An email still in the outbox is never
+        touched, and every other column is kept: the token, the links and
+        the time of sending for the routes, the Message-ID and the record
+        for the feedback, the party and the status for the frequency
+        cap."""
+        days = retention_days()
+        if not days:
+            return 0
+        table = cls.__table__()
+        transaction = Transaction()
+        cursor = transaction.connection.cursor()
+        now = current_time()
+        at = _purge_time(table)
+        # The walk reads the index alone, in its order: the outbox, which
+        # it also holds, is left out by the update
+        walk = _unpurged(table) & (at < now - dt.timedelta(days=days))
+        due = walk & table.marketing_automation_status.in_(PURGEABLE)
+        purged, last, size = 0, None, batch_size()
+        while True:
+            where = walk
+            if last:
+                # After the last batch, as a row value that the index
+                # takes: no purged row is read again
+                where &= Greater((at, table.id), last)
+            cursor.execute(*table.select(table.id, at, where=where,
+                    order_by=[at.asc, table.id.asc], limit=size))
+            rows = cursor.fetchall()
+            if not rows:
+                break
+            # The condition again: it drops only what is still due
+            cursor.execute(*table.update(
+                    [table.body, table.marketing_automation_message,
+                        table.write_uid, table.write_date],
+                    [Null, Null, transaction.user, now],
+                    where=reduce_ids(table.id, [i for i, _ in rows]) & due))
+            purged += cursor.rowcount
+            last_id, last_at = rows[-1]
+            last = (last_at, last_id)
+            # A short transaction per batch, however many are due
+            transaction.commit()
+        return purged
+
+    def marketing_automation_purged(self):
+        "Tell whether the body of the email was dropped by the purge"
+        return (self.marketing_automation_status in PURGEABLE
+            and not self.body)
 
     @classmethod
     def marketing_automation_feedback(cls, inbound_email, rule):

@@ -238,6 +238,8 @@ def bench(name, sink, options, directory):
         if name == 'postgresql' and options.report_sizes:
             result['reports'] = {str(s): measure_reports(backend, s, options)
                 for s in options.report_sizes}
+        if name == 'postgresql' and options.retention_size:
+            result['retention'] = bench_retention(backend, options)
         if name == 'postgresql' and not options.no_wrk:
             try:
                 result['wrk'] = backend.wrk(options.wrk_duration)
@@ -245,6 +247,46 @@ def bench(name, sink, options, directory):
                 log("[%s] wrk failed: %s" % (name, exception))
                 result['wrk'] = {'skipped': 'failed: %s' % exception}
     return result
+
+
+def bench_retention(backend, options):
+    "Return the size of ir_email before and after the purge, or why not"
+    try:
+        with backend.database('ma_bench_retention_%s' % os.getpid()) as name:
+            return backend.measure('retention', options.retention_size,
+                database=name)
+    except Exception as exception:
+        log("[%s] retention failed: %s" % (backend.name, exception))
+        return {'skipped': 'failed: %s' % exception}
+
+
+def retention_report(retention):
+    "Return the lines of the purge and of the sizes of ir_email"
+    if retention.get('skipped'):
+        return ['retention: skipped (%s)' % retention['skipped']]
+    purge = retention['purge']
+    lines = ['\nretention: %s emails sent by the module, aged 100 days, '
+        'purged by batches of %s: %.2f s, %s statements (%.3f ms and '
+        '%.3f statements per email); again: %s purged, %s statements'
+        % (retention['size'], retention['batch_size'], purge['seconds'],
+            purge['statements'], purge['ms_per_email'],
+            purge['statements_per_email'],
+            retention['purge_again']['purged'],
+            retention['purge_again']['statements'])]
+    rows = [[label, figures['rows'], '%.1f' % figures['mb_per_million'],
+            '%.1f' % (figures['heap'] / 2 ** 20),
+            '%.1f' % (figures['toast'] / 2 ** 20),
+            '%.1f' % (figures['indexes'] / 2 ** 20),
+            figures['avg_row_bytes'], '%s (%s)' % (
+                figures['avg_body_bytes'], figures['avg_body_length'])]
+        for label, figures in [
+            ('before, live rows', retention['before']),
+            ('after, VACUUM', retention['after_vacuum']),
+            ('after, live rows', retention['after'])]]
+    lines.append(table(rows, ['ir_email', 'rows', 'MB per 1M emails',
+                'heap MB', 'toast MB', 'indexes MB', 'row B',
+                'body B (raw)']))
+    return lines
 
 
 def by_size(result, *keys):
@@ -278,6 +320,8 @@ def report(result):
                 'plain INSERT ... SELECT of the enrolment rows'])
     out = ['== %s' % result['backend'], table(rows, ['step', 'N', 'wall s',
                 'SQL', 'emails', 'peak MB', 'per unit'])]
+    if result.get('retention'):
+        out.extend(retention_report(result['retention']))
     wrk = result.get('wrk')
     if wrk and wrk.get('skipped'):
         out.append('wrk: skipped (%s)' % wrk['skipped'])
@@ -462,6 +506,9 @@ def main():
     add('--report-sizes', type=sizes, default='200000,1000000',
         help="records of the reports (PostgreSQL, '' for none)")
     add('--report-repeats', type=int, default=3, help="reads of each")
+    add('--retention-size', type=int, default=20000,
+        help="emails sent then purged on PostgreSQL for the size of ir_email "
+        "(0: skip)")
     add('--output', default=os.path.join(HERE, 'results'), help="JSON files")
     options = parser.parse_args()
     started = dt.datetime.now()
@@ -484,7 +531,8 @@ def main():
         result.update(common, options={'sizes': options.sizes,
                 'enrol_sizes': options.enrol_sizes,
                 'report_sizes': options.report_sizes,
-                'wrk': not options.no_wrk},
+                'wrk': not options.no_wrk,
+                'retention_size': options.retention_size},
             targets=[{'status': s, 'target': t} for s, t in targets(result)])
         dump('%s-%s.json' % (started.strftime('%Y%m%d-%H%M%S'),
                 result['backend']), result)

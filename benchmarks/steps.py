@@ -34,6 +34,28 @@ stores</a>.</p>
 '''
 
 
+# The retention step sends a newsletter of a usual size: twelve products in
+# a table layout with inline styles, each with an image and a tracked link
+NEWSLETTER = TEMPLATE.replace('<p>Kind regards,', (
+        '<table width="600" cellpadding="0" cellspacing="0" border="0" '
+        'style="font-family:Arial,sans-serif;color:#333333">%s</table>\n'
+        '<p>Kind regards,') % ''.join(
+        '<tr><td style="padding:16px;border-bottom:1px solid #eeeeee">'
+        '<img src="https://shop.example.com/img/product-%(i)s.jpg" '
+        'width="120" height="120" alt="Product %(i)s" '
+        'style="display:block;border:0"/></td>'
+        '<td style="padding:16px;border-bottom:1px solid #eeeeee">'
+        '<h2 style="font-size:18px;margin:0 0 8px 0">Product %(i)s of the '
+        'season</h2><p style="font-size:14px;line-height:20px;margin:0">'
+        'Made to last, in natural materials, with free delivery and '
+        'returns within thirty days. Available in five colours and every '
+        'size, while stocks last.</p><p style="margin:8px 0 0 0"><a '
+        'href="https://shop.example.com/product/%(i)s?utm_source=news" '
+        'style="color:#ffffff;background:#0066cc;padding:8px 16px;'
+        'text-decoration:none;border-radius:4px">See it</a></p></td></tr>\n'
+        % {'i': i} for i in range(12)))
+
+
 def send_email(name, **values):
     "Return the values of an activity that sends the template"
     return dict(values, name=name, action='send_email', email_title=TITLE,
@@ -545,8 +567,139 @@ def _timed_statements(slow, slow_ms):
         LoggingCursor.execute = original
 
 
+def retention(options):
+    """The size of ir_email per email before and after the purge, on
+    PostgreSQL: N real emails sent by the module, aged past the retention,
+    then purged by the task of the module"""
+    from trytond import config
+    config.update_etc(options['config'])  # before the imports that read it
+    import psycopg
+
+    from trytond.modules.marketing_automation.tests import tools
+    from trytond.pool import Pool
+    from trytond.transaction import Transaction
+
+    database, size = options['database'], options['size']
+    uri = config.get('database', 'uri').rstrip('/') + '/' + database
+    Pool.start()
+    pool = Pool(database)
+    with Transaction().start(database, 0, readonly=True):
+        pool.init()
+        counter = tools.StatementCounter(keep=False).__enter__()
+    Scenario = pool.get('marketing.automation.scenario')
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    Email = pool.get('ir.email')
+    step = functools.partial(Step, options['count_file'], counter)
+
+    def sizes(table='ir_email'):
+        """Return the sizes of table in bytes and the average sizes of its
+        rows and bodies as stored (compressed, inline or in TOAST)"""
+        with psycopg.connect(uri, autocommit=True) as connection:
+            total, heap, toast, indexes, rows = connection.execute(
+                "SELECT pg_total_relation_size(c.oid), "
+                "pg_relation_size(c.oid), "
+                "COALESCE(pg_total_relation_size(c.reltoastrelid), 0), "
+                "pg_indexes_size(c.oid), "
+                "(SELECT COUNT(*) FROM %s) "
+                "FROM pg_class c WHERE c.oid = '%s'::regclass"
+                % (table, table)).fetchone()
+            row, body, message, length = connection.execute(
+                "SELECT AVG(pg_column_size(e.*)), "
+                "AVG(COALESCE(pg_column_size(body), 0)), "
+                "AVG(COALESCE(pg_column_size(marketing_automation_message), "
+                "0)), AVG(COALESCE(OCTET_LENGTH(body), 0)) FROM %s e"
+                % table).fetchone()
+        return {'total': total, 'heap': heap, 'toast': toast,
+            'indexes': indexes, 'rows': rows,
+            'avg_row_bytes': round(float(row or 0)),
+            'avg_body_bytes': round(float(body or 0)),
+            'avg_message_bytes': round(float(message or 0)),
+            'avg_body_length': round(float(length or 0)),
+            'mb_per_million': round(total / max(rows, 1) * 1e6 / 2 ** 20, 1)}
+
+    def live_sizes():
+        """Return the sizes of the live rows of ir_email, with its indexes:
+        those of a copy, as VACUUM FULL would leave it. VACUUM FULL itself
+        keeps the dead rows while any transaction of the server is older,
+        which on a shared server is most of the time"""
+        with psycopg.connect(uri, autocommit=True) as connection:
+            connection.execute('DROP TABLE IF EXISTS bench_email_copy')
+            connection.execute('CREATE TABLE bench_email_copy '
+                '(LIKE ir_email INCLUDING ALL)')
+            connection.execute(
+                'INSERT INTO bench_email_copy SELECT * FROM ir_email')
+            connection.execute('VACUUM (ANALYZE) bench_email_copy')
+        try:
+            return sizes('bench_email_copy')
+        finally:
+            with psycopg.connect(uri, autocommit=True) as connection:
+                connection.execute('DROP TABLE bench_email_copy')
+
+    def vacuumed_sizes():
+        "Return the sizes of ir_email after a plain VACUUM"
+        with psycopg.connect(uri, autocommit=True) as connection:
+            connection.execute('VACUUM (ANALYZE) ir_email')
+        return sizes()
+
+    started = time.perf_counter()
+    with Transaction().start(database, 0) as transaction:
+        tools.create_parties('Party', size)
+        scenario, = Scenario.create([dict(SCENARIO, activities=[('create', [
+                            dict(send_email('News'),
+                                email_template=NEWSLETTER)])])])
+        Scenario.run([scenario])
+        transaction.commit()
+        Scenario.trigger()
+        transaction.commit()
+    # The root emails, rendered and sent by the module
+    with step() as send, Transaction().start(database, 0) as transaction:
+        RecordActivity.process()
+        transaction.commit()
+    result = {'size': size, 'backend': options['backend'],
+        'batch_size': config.getint('marketing', 'automation_batch_size'),
+        'setup_seconds': round(time.perf_counter() - started, 2),
+        'send': send.result('email')}
+    # Past the retention of 90 days
+    with Transaction().start(database, 0) as transaction:
+        table = Email.__table__()
+        old = dt.datetime.now() - dt.timedelta(days=100)
+        transaction.connection.cursor().execute(*table.update(
+                [table.create_date, table.marketing_automation_sent_at],
+                [old, old]))
+        transaction.commit()
+    # The statistics that autovacuum keeps after so many changes
+    with psycopg.connect(uri, autocommit=True) as connection:
+        connection.execute('ANALYZE ir_email')
+    result['before'] = live_sizes()
+    # The plans of the first and of a next batch of the purge, as its
+    # SELECT with the values
+    at = 'COALESCE(marketing_automation_sent_at, create_date)'
+    with psycopg.connect(uri, autocommit=True) as connection:
+        for key, keyset in [('purge_plan', ''), ('purge_plan_next',
+                    "AND (%(at)s, id) > "
+                    "(LOCALTIMESTAMP - INTERVAL '101 days', 1000) ")]:
+            result[key] = [line for line, in connection.execute((
+                        "EXPLAIN SELECT id, %(at)s FROM ir_email "
+                        "WHERE marketing_automation_status IS NOT NULL "
+                        "AND body IS NOT NULL "
+                        "AND %(at)s < LOCALTIMESTAMP - INTERVAL '90 days' "
+                        + keyset + "ORDER BY %(at)s, id LIMIT 500")
+                    % {'at': at})]
+    with step() as purge, Transaction().start(database, 0) as transaction:
+        purged = Email.marketing_automation_purge()
+    result['purge'] = purge.result('email', purged, purged=purged)
+    # With nothing left to purge
+    with step() as again, Transaction().start(database, 0) as transaction:
+        purged = Email.marketing_automation_purge()
+    result['purge_again'] = again.result(purged=purged)
+    result['after_vacuum'] = vacuumed_sizes()
+    result['after'] = live_sizes()
+    return result
+
+
 if __name__ == '__main__':
     options = json.loads(sys.argv[1])
     result = {'floor': floor, 'reports_build': reports_build,
-        'reports_read': reports_read}.get(options['mode'], module)(options)
+        'reports_read': reports_read, 'retention': retention}.get(
+        options['mode'], module)(options)
     print('@@result ' + json.dumps(result), flush=True)
