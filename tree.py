@@ -49,16 +49,16 @@ def create_waiting(rows, now):
         cursor.execute(*table.insert(columns, list(sub_values)))
 
 
-def enrol(record_ids, activities, now):
-    """Schedule the root activities for the records just enrolled
+def enrol(scenario_id, last, activities, now):
+    """Schedule the root activities for the records just enrolled in the
+    scenario: those of id greater than last
 
     Inserted from a select of the records: the values are the same for all
-    of them and the ids of a batch are mostly a range."""
+    of them."""
     pool = Pool()
     Record = pool.get('marketing.automation.record')
     record = Record.__table__()
-    # One batch: reduce_ids makes its ids a range or a few
-    where = reduce_ids(record.id, sorted(record_ids))
+    where = (record.scenario == scenario_id) & (record.id > last)
     for activity in activities:
         _schedule_for(record, where, activity, now)
 
