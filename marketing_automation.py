@@ -814,8 +814,11 @@ class Record(ModelSQL, ModelView):
                 on_conflict=Conflict(
                     record, indexed_columns=[record.scenario, record.record])))
         count = cursor.rowcount
-        if count:
-            tree.enrol(scenario.id, last, scenario.activities, now)
+        if count and any(scheduled != count for scheduled in tree.enrol(
+                    scenario.id, last, scenario.activities, now)):
+            # Never records left without their activities
+            raise RuntimeError(
+                "the ids of the records did not grow past %s" % last)
         return count
 
     @classmethod

@@ -54,17 +54,18 @@ def enrol(scenario_id, last, activities, now):
     scenario: those of id greater than last
 
     Inserted from a select of the records: the values are the same for all
-    of them."""
+    of them. Return the number of record activities of each activity."""
     pool = Pool()
     Record = pool.get('marketing.automation.record')
     record = Record.__table__()
     where = (record.scenario == scenario_id) & (record.id > last)
-    for activity in activities:
-        _schedule_for(record, where, activity, now)
+    return [_schedule_for(record, where, activity, now)
+        for activity in activities]
 
 
 def _schedule_for(record, where, activity, now):
-    "Create the waiting record activities of activity for the records where"
+    """Create the waiting record activities of activity for the records
+    where and return how many"""
     table = _table()
     cursor = Transaction().connection.cursor()
     columns, values = _waiting(table, now)
@@ -73,6 +74,7 @@ def _schedule_for(record, where, activity, now):
     cursor.execute(*table.insert(columns, record.select(
                 record.id, *[Literal(v) for v in [activity.id, at] + values],
                 where=where)))
+    return cursor.rowcount
 
 
 def starts_on(activity):
