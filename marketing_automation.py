@@ -790,7 +790,7 @@ class Record(ModelSQL, ModelView):
         last is the last_id before: the lock of the scenario keeps the other
         enrolments in it out, so its records of greater id are those
         inserted here. Return the number of records enrolled."""
-        record = cls.__table__()
+        record, enrolled = cls.__table__(), cls.__table__()
         transaction = Transaction()
         cursor = transaction.connection.cursor()
         now = current_time()
@@ -807,9 +807,9 @@ class Record(ModelSQL, ModelView):
                     new_token_sql(), Literal(transaction.user), Literal(now),
                     # An anti-join rather than the conflict alone: a
                     # conflict would still draw an id from the sequence
-                    where=~Exists(record.select(Literal(1),
-                            where=(record.scenario == scenario.id)
-                            & (record.record == reference)))),
+                    where=~Exists(enrolled.select(Literal(1),
+                            where=(enrolled.scenario == scenario.id)
+                            & (enrolled.record == reference)))),
                 # The unique constraint is the last guard
                 on_conflict=Conflict(
                     record, indexed_columns=[record.scenario, record.record])))
