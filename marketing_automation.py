@@ -6,8 +6,12 @@ import secrets
 from collections import defaultdict
 
 from sql import Cast, Conflict, For, Literal, Null
+from sql.aggregate import Max
+from sql.conditionals import Coalesce
+from sql.functions import Function, Overlay, Substring
 from sql.operators import Concat, Exists
 
+from trytond import backend
 from trytond.i18n import gettext
 from trytond.model import Index, ModelSQL, ModelView, Unique, Workflow, fields
 from trytond.pool import Pool
@@ -64,6 +68,38 @@ def invalid_goal(scenario, exception):
 def new_token():
     "Return an unguessable token of 128 bits"
     return secrets.token_hex(16)
+
+
+class _GenRandomUuid(Function):
+    __slots__ = ()
+    _function = 'GEN_RANDOM_UUID'
+
+
+class _Replace(Function):
+    __slots__ = ()
+    _function = 'REPLACE'
+
+
+class _Token(Function):
+    __slots__ = ()
+    _function = 'MARKETING_AUTOMATION_TOKEN'
+
+
+def new_token_sql():
+    """Return an SQL expression that gives each row a new token as
+    new_token does: 128 random bits in 32 lowercase hexadecimal digits"""
+    if backend.name == 'postgresql':
+        # A version 4 UUID has 122 random bits, from the strong random
+        # source of the server: 5 random digits of a second one replace the
+        # version digit and the variant digit of the first
+        def uuid():
+            return Cast(_GenRandomUuid(), 'VARCHAR')
+        return Overlay(_Replace(uuid(), '-', ''), Substring(uuid(), 1, 5),
+            13, 5)
+    # Python's own, called by SQLite for each row
+    Transaction().connection.create_function(
+        _Token._function, 0, new_token)
+    return _Token()
 
 
 def marketing_models():
@@ -453,15 +489,15 @@ class Scenario(Workflow, ModelSQL, ModelView):
                         count, scenario.id)
 
     def enrol(self):
-        "Enrol by batches the matching records that are not enrolled yet"
+        "Enrol the matching records that are not enrolled yet"
         pool = Pool()
         Record = pool.get('marketing.automation.record')
         self._lock_enrolment()
-        count = sum(Record.enrol(self, ids)
-            for ids in self.candidates(enrolled=False))
+        last = Record.last_id()
+        count = Record.enrol(self, self._matching(), last)
         if count and self.goal:
             # Those that met the goal already are not sent anything
-            self.convert_records()
+            self.convert_records(after=last)
         return count
 
     @classmethod
@@ -478,16 +514,16 @@ class Scenario(Workflow, ModelSQL, ModelView):
                 count += scenario.convert_records()
         return count
 
-    def convert_records(self):
+    def convert_records(self, after=0):
         """Convert by batches the records that meet the goal and return how
-        many"""
+        many; with after, only the records of greater id"""
         pool = Pool()
         Model = pool.get(self.model)
         Record = pool.get('marketing.automation.record')
         record = Record.__table__()
         cursor = Transaction().connection.cursor()
         goal, prefix = self.pyson_goal, self.model + ','
-        last, count = 0, 0
+        last, count = after, 0
         while True:
             # Walk by ids, as the conversions change what is left
             cursor.execute(*record.select(record.id, record.record,
@@ -514,15 +550,11 @@ class Scenario(Workflow, ModelSQL, ModelView):
             count += len(converted)
         return count
 
-    def candidates(self, enrolled=True):
-        """Yield by batches the ids of the records that the domain matches
-        and whose party did not unsubscribe; with enrolled False, only
-        those that are not enrolled yet"""
+    def _matching(self):
+        """Return the query of the ids of the records that the domain
+        matches and whose party did not unsubscribe"""
         pool = Pool()
         Model = pool.get(self.model)
-        Record = pool.get('marketing.automation.record')
-        record = Record.__table__()
-        cursor = Transaction().connection.cursor()
         domain = [
             self.pyson_domain,
             ('marketing_party', 'not in', self._unsubscribed_parties()),
@@ -532,20 +564,18 @@ class Scenario(Workflow, ModelSQL, ModelView):
             # A cron with companies runs once for each: each run enrols the
             # records of its company
             domain.append(('company', '=', company))
-        matching = Model.search(domain, order=[], query=True)
-        where = Literal(True)
-        if not enrolled:
-            # An anti-join in the database: the hourly run offers no record
-            # already enrolled, so it draws no id for it and reads none
-            where &= ~Exists(record.select(Literal(1),
-                    where=(record.scenario == self.id)
-                    & (record.record == Concat(
-                            self.model + ',', Cast(matching.id, 'VARCHAR')))))
+        return Model.search(domain, order=[], query=True)
+
+    def candidates(self):
+        """Yield by batches the ids of the records that the domain matches
+        and whose party did not unsubscribe"""
+        matching = self._matching()
+        cursor = Transaction().connection.cursor()
         last = 0
         while True:
             # Walk by ids to stream the candidates without materialising
             cursor.execute(*matching.select(matching.id,
-                    where=where & (matching.id > last),
+                    where=matching.id > last,
                     order_by=[matching.id.asc], limit=batch_size()))
             ids = [i for i, in cursor]
             if not ids:
@@ -750,51 +780,52 @@ class Record(ModelSQL, ModelView):
         return super().copy(records, default=default)
 
     @classmethod
-    def enrol(cls, scenario, ids):
-        """Enrol in scenario the records of ids which are not enrolled yet,
-        and schedule its root activities for them
-
-        Return the number of records enrolled."""
+    def last_id(cls):
+        """Return the greatest id of the records: those enrolled next have
+        greater ones, as the ids only grow"""
         record = cls.__table__()
+        cursor = Transaction().connection.cursor()
+        cursor.execute(*record.select(Coalesce(Max(record.id), 0)))
+        return cursor.fetchone()[0]
+
+    @classmethod
+    def enrol(cls, scenario, matching, last):
+        """Enrol in scenario the records of the query matching which are not
+        enrolled yet, and schedule its root activities for them
+
+        last is the last_id before: the lock of the scenario keeps the other
+        enrolments in it out, so its records of greater id are those
+        inserted here. Return the number of records enrolled."""
+        record, enrolled = cls.__table__(), cls.__table__()
         transaction = Transaction()
         cursor = transaction.connection.cursor()
         now = current_time()
 
-        # The ORM would issue a query per record to enrol
-        tokens = {'%s,%s' % (scenario.model, i): new_token() for i in ids}
-        insert = record.insert(
-            [record.scenario, record.record, record.blocked, record.uuid,
-                record.create_uid, record.create_date],
-            [[scenario.id, r, False, t, transaction.user, now]
-                for r, t in tokens.items()],
-            # A record already enrolled is left as it is
-            on_conflict=Conflict(
-                record, indexed_columns=[record.scenario, record.record]))
-        if transaction.database.has_returning():
-            insert.returning = [record.id]
-            cursor.execute(*insert)
-        else:
-            cursor.execute(*insert)
-            cursor.execute(*record.select(record.id,
-                    where=record.uuid.in_(list(tokens.values()))))
-        record_ids = [i for i, in cursor]
-
-        tree.enrol(record_ids, scenario.activities, now)
-        return len(record_ids)
-
-    @classmethod
-    def enrolled(cls, scenario, ids):
-        "Return those of ids which are enrolled in scenario"
-        record = cls.__table__()
-        cursor = Transaction().connection.cursor()
-        references = {'%s,%s' % (scenario.model, i): i for i in ids}
-        enrolled = set()
-        for sub_references in sliced(list(references)):
-            cursor.execute(*record.select(record.record,
-                    where=(record.scenario == scenario.id)
-                    & record.record.in_(list(sub_references))))
-            enrolled.update(references[r] for r, in cursor)
-        return enrolled
+        # One pass in the database: the ORM would create record by record,
+        # and rows sent from Python cost more to build and parse than to
+        # insert
+        reference = Concat(scenario.model + ',', Cast(matching.id, 'VARCHAR'))
+        cursor.execute(*record.insert(
+                [record.scenario, record.record, record.blocked, record.uuid,
+                    record.create_uid, record.create_date],
+                matching.select(
+                    Literal(scenario.id), reference, Literal(False),
+                    new_token_sql(), Literal(transaction.user), Literal(now),
+                    # An anti-join rather than the conflict alone: a
+                    # conflict would still draw an id from the sequence
+                    where=~Exists(enrolled.select(Literal(1),
+                            where=(enrolled.scenario == scenario.id)
+                            & (enrolled.record == reference)))),
+                # The unique constraint is the last guard
+                on_conflict=Conflict(
+                    record, indexed_columns=[record.scenario, record.record])))
+        count = cursor.rowcount
+        if count and any(scheduled != count for scheduled in tree.enrol(
+                    scenario.id, last, scenario.activities, now)):
+            # Never records left without their activities
+            raise RuntimeError(
+                "the ids of the records did not grow past %s" % last)
+        return count
 
     @classmethod
     @ModelView.button

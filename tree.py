@@ -49,22 +49,23 @@ def create_waiting(rows, now):
         cursor.execute(*table.insert(columns, list(sub_values)))
 
 
-def enrol(record_ids, activities, now):
-    """Schedule the root activities for the records just enrolled
+def enrol(scenario_id, last, activities, now):
+    """Schedule the root activities for the records just enrolled in the
+    scenario: those of id greater than last
 
     Inserted from a select of the records: the values are the same for all
-    of them and the ids of a batch are mostly a range."""
+    of them. Return the number of record activities of each activity."""
     pool = Pool()
     Record = pool.get('marketing.automation.record')
     record = Record.__table__()
-    # One batch: reduce_ids makes its ids a range or a few
-    where = reduce_ids(record.id, sorted(record_ids))
-    for activity in activities:
-        _schedule_for(record, where, activity, now)
+    where = (record.scenario == scenario_id) & (record.id > last)
+    return [_schedule_for(record, where, activity, now)
+        for activity in activities]
 
 
 def _schedule_for(record, where, activity, now):
-    "Create the waiting record activities of activity for the records where"
+    """Create the waiting record activities of activity for the records
+    where and return how many"""
     table = _table()
     cursor = Transaction().connection.cursor()
     columns, values = _waiting(table, now)
@@ -73,6 +74,7 @@ def _schedule_for(record, where, activity, now):
     cursor.execute(*table.insert(columns, record.select(
                 record.id, *[Literal(v) for v in [activity.id, at] + values],
                 where=where)))
+    return cursor.rowcount
 
 
 def starts_on(activity):

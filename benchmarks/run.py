@@ -387,9 +387,10 @@ def targets(result):
             'vs N=%s, target linear (<= 1.3x)', ratio, large, small)
         growth = [enrols[s]['peak_rss_mb'] - (enrols[s]['rss_start_mb'] or 0)
             for s in (small, large)]
-        check(growth[1] <= max(2 * growth[0], growth[0] + 10),
+        check(growth[1] <= max(2 * growth[0], growth[0] + 10)
+            and growth[1] <= 500,
             'enrolment: peak RSS growth %.1f MB at N=%s vs %.1f MB at N=%s, '
-            'target flat', growth[1], large, growth[0], small)
+            'target flat and <= 500 MB', growth[1], large, growth[0], small)
     agains = {s: m['steps']['enrol_again']['statements']
         for s, m in every.items() if 'enrol_again' in m['steps']}
     if len(agains) >= 2:
@@ -400,8 +401,8 @@ def targets(result):
     if result['backend'] == 'postgresql' and large:
         trigger = every[large]['steps']['enrol']['seconds']
         plain = every[large]['insert_select']['seconds']
-        check(trigger <= 10 * plain, 'enrolment at N=%s: trigger %.2f s is '
-            '%.1f x a plain INSERT ... SELECT (%.2f s), target < 10x',
+        check(trigger <= 5 * plain, 'enrolment at N=%s: trigger %.2f s is '
+            '%.1f x a plain INSERT ... SELECT (%.2f s), target <= 5x',
             large, trigger, trigger / plain, plain)
     elif result['backend'] == 'postgresql':
         check(None, 'enrolment vs INSERT ... SELECT: N=100,000 not measured')

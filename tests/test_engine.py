@@ -368,6 +368,25 @@ class EngineTestCase(DatabaseTestCase):
             Record.search_count([('scenario', '=', scenario.id)]), 6)
 
     @with_transaction()
+    def test_trigger_tokens(self):
+        """The database makes the tokens of the records as new_token does:
+        32 lowercase hexadecimal digits, each one new"""
+        pool = Pool()
+        Scenario = pool.get('marketing.automation.scenario')
+        Record = pool.get('marketing.automation.record')
+        create_parties('TK', 50)
+        scenario = create_scenario('TK', [email_activity()])
+        Scenario.trigger([scenario])
+        tokens = [r.uuid for r in Record.search(
+                [('scenario', '=', scenario.id)])]
+        self.assertEqual(len(tokens), 50)
+        self.assertEqual(len(set(tokens)), 50)
+        for token in tokens:
+            self.assertRegex(token, r'^[0-9a-f]{32}$')
+        # Not the version digit of a UUID everywhere
+        self.assertGreater(len({t[12] for t in tokens}), 1)
+
+    @with_transaction()
     def test_trigger_running_only(self):
         "Only running scenarios enrol"
         pool = Pool()
