@@ -11,6 +11,7 @@ from sql.conditionals import Coalesce
 from sql.operators import Greater
 
 import trytond.config as config
+from trytond import backend
 from trytond.i18n import gettext
 from trytond.model import Index, fields
 from trytond.pool import Pool, PoolMeta
@@ -330,12 +331,18 @@ class Email(metaclass=PoolMeta):
             rows = cursor.fetchall()
             if not rows:
                 break
-            # The condition again: it drops only what is still due
-            cursor.execute(*table.update(
-                    [table.body, table.marketing_automation_message,
-                        table.write_uid, table.write_date],
-                    [Null, Null, transaction.user, now],
-                    where=reduce_ids(table.id, [i for i, _ in rows]) & due))
+            try:
+                # The condition again: it drops only what is still due
+                cursor.execute(*table.update(
+                        [table.body, table.marketing_automation_message,
+                            table.write_uid, table.write_date],
+                        [Null, Null, transaction.user, now],
+                        where=reduce_ids(table.id, [i for i, _ in rows])
+                        & due))
+            except backend.DatabaseOperationalError:
+                # Another run purges the same emails: it goes on
+                transaction.rollback()
+                break
             purged += cursor.rowcount
             last_id, last_at = rows[-1]
             last = (last_at, last_id)
