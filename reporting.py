@@ -63,6 +63,18 @@ def _day(column):
     return _DATE.sql_cast(column)
 
 
+def _grouped(counts, key, columns, dated):
+    "Select the columns of counts by key, and by date when dated"
+    group_by = [key]
+    if dated:
+        # As a position: PostgreSQL tells apart the same expressions with
+        # parameters of their own
+        date = _date(counts.day).as_('date')
+        columns.append(date)
+        group_by.append(date)
+    return counts.select(*columns, group_by=group_by)
+
+
 def _date(day):
     "The first day of the period of the context of the day"
     return _DATE.sql_cast(DateTrunc(_period(), _DATETIME.sql_cast(day)))
@@ -288,14 +300,7 @@ class Scenario(ModelSQL, ModelView):
             converted.as_('record_count_converted'),
             _rate(converted, records).as_('conversion_rate'),
             ]
-        group_by = [counts.scenario]
-        if dated:
-            # As a position: PostgreSQL tells apart the same expressions
-            # with parameters of their own
-            date = _date(counts.day).as_('date')
-            columns.append(date)
-            group_by.append(date)
-        return counts.select(*columns, group_by=group_by)
+        return _grouped(counts, counts.scenario, columns, dated)
 
 
 class Activity(ModelSQL, ModelView):
@@ -416,14 +421,7 @@ class Activity(ModelSQL, ModelView):
             _rate(clicked, done).as_('email_click_rate'),
             _rate(clicked, opened).as_('email_click_through_rate'),
             ]
-        group_by = [counts.activity]
-        if dated:
-            # As a position: PostgreSQL tells apart the same expressions
-            # with parameters of their own
-            date = _date(counts.day).as_('date')
-            columns.append(date)
-            group_by.append(date)
-        return counts.select(*columns, group_by=group_by)
+        return _grouped(counts, counts.activity, columns, dated)
 
 
 def figures(Report, key, ids, names):
