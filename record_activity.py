@@ -194,9 +194,8 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
 
     @classmethod
     def get_activity_actions(cls):
-        pool = Pool()
-        Activity = pool.get('marketing.automation.activity')
-        return Activity.get_parent_actions()
+        return Pool().get(
+            'marketing.automation.activity').get_parent_actions()
 
     @classmethod
     def get_email_delivery(cls, record_activities, names):

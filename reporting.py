@@ -341,9 +341,8 @@ class Activity(ModelSQL, ModelView):
 
     @classmethod
     def get_activity_actions(cls):
-        pool = Pool()
-        Activity = pool.get('marketing.automation.activity')
-        return Activity.get_parent_actions()
+        return Pool().get(
+            'marketing.automation.activity').get_parent_actions()
 
     @classmethod
     def table_query(cls):
