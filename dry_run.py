@@ -10,12 +10,12 @@ import datetime as dt
 
 from trytond.model import ModelView, fields
 from trytond.pool import Pool
+from trytond.tools import grouped_slice
 from trytond.transaction import Transaction
 from trytond.wizard import Button, StateView, Wizard
 
 from . import sandbox, tree
 from .activity import delay_text
-from .batch import sliced
 from .marketing_automation import current_time, get_models
 from .mixin import by_company, company_context
 from .preview import record_models, sample
@@ -72,15 +72,14 @@ def enrolments(scenario, ids):
     "Return whether it is blocked, for those of ids enrolled in scenario"
     pool = Pool()
     Record = pool.get('marketing.automation.record')
-    record = Record.__table__()
-    cursor = Transaction().connection.cursor()
-    references = {'%s,%s' % (scenario.model, i): i for i in ids}
+    references = ['%s,%s' % (scenario.model, i) for i in ids]
     result = {}
-    for sub_references in sliced(list(references)):
-        cursor.execute(*record.select(record.record, record.blocked,
-                where=(record.scenario == scenario.id)
-                & record.record.in_(list(sub_references))))
-        result.update((references[r], bool(b)) for r, b in cursor)
+    for sub_references in grouped_slice(references):
+        for record in Record.search([
+                    ('scenario', '=', scenario.id),
+                    ('record', 'in', list(sub_references)),
+                    ], order=[]):
+            result[record.record.id] = bool(record.blocked)
     return result
 
 
