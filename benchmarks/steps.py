@@ -220,6 +220,25 @@ def insert_select(backend, root):
     return {'seconds': round(t2 - t0, 4), 'records_seconds': round(t1 - t0, 4)}
 
 
+@contextlib.contextmanager
+def profiled(method):
+    """Profile the block with cProfile when MA_BENCH_PROFILE names method,
+    into MA_BENCH_PROFILE_DIR (a profile changes the times it reports)"""
+    if os.environ.get('MA_BENCH_PROFILE') != method.__name__:
+        yield
+        return
+    import cProfile
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        directory = os.environ.get('MA_BENCH_PROFILE_DIR', '.')
+        profile.dump_stats(os.path.join(directory, '%s-%s-%s.prof' % (
+                    method.__name__, os.getpid(), time.time_ns())))
+
+
 def module(options):
     "The steps of the module at one size, on a fresh database"
     from trytond import config
@@ -262,7 +281,7 @@ def module(options):
 
     def committed(method):
         "Measure method and its commit as a step"
-        with step() as measured, transaction() as t:
+        with step() as measured, transaction() as t, profiled(method):
             method()
             t.commit()
         return measured
