@@ -74,17 +74,23 @@ class Unreachable(Exception):
 def deliver():
     "Send the due emails of the outbox by claimed batches; return the count"
     sent = 0
-    while True:
-        token = claim()
-        if token is None:
-            break
-        emails = claimed(token)
-        if not emails:
-            break
-        count, go_on = send(emails)
-        sent += count
-        if not go_on:
-            break
+    # One connection for every claim: a greeting costs as much as dozens
+    # of emails
+    connection = pacing.Connection(_connect)
+    try:
+        while True:
+            token = claim()
+            if token is None:
+                break
+            emails = claimed(token)
+            if not emails:
+                break
+            count, go_on = send(emails, connection)
+            sent += count
+            if not go_on:
+                break
+    finally:
+        connection.close()
     return sent
 
 
@@ -217,9 +223,9 @@ def claimed(claim):
     return cursor.fetchall()
 
 
-def send(emails):
+def send(emails, connection=None):
     """Send the claimed emails at the pace of the database, committing
-    after each one
+    after each one, through connection or one of their own
 
     Return the number sent and whether the run may go on: not when the
     server cannot be reached, hangs or asks to slow down for good.
@@ -236,7 +242,9 @@ def send(emails):
         return 0, False
     # Sent well before another run may take the claim back
     deadline = time.time() + claim_timeout().total_seconds() / 2
-    connection = pacing.Connection(_connect)
+    own = connection is None
+    if own:
+        connection = pacing.Connection(_connect)
     sent, delivered, go_on = 0, [], True
     for index, (email_id, message, attempts) in enumerate(emails):
         if index - first >= len(slots):
@@ -279,7 +287,8 @@ def send(emails):
             break
         if not go_on:
             break
-    connection.close()
+    if own:
+        connection.close()
     bounce.delivered(delivered)
     transaction.commit()
     return sent, go_on

@@ -395,6 +395,16 @@ class PacingOutboxTestCase(DatabaseTestCase):
         self.assertEqual(
             sorted(Counter(server.peers).values()), [1, 3, 3])
 
+    @with_transaction()
+    def test_pacing_one_connection_for_claims(self):
+        "A delivery run keeps its connection from one claim to the next"
+        addresses = self.enrol('TC', 5)
+        server = ThrottlingServer()
+        with setting('marketing', 'automation_claim_size', '2'):
+            deliver(server)
+        self.assertEqual(received(server), Counter(addresses))
+        self.assertEqual(list(Counter(server.peers).values()), [5])
+
 
 class TimedServer(FaultySMTPServer):
     "Keep the time each message arrives"
