@@ -7,11 +7,8 @@ import json
 import logging
 import re
 from collections import defaultdict, namedtuple
-from email.charset import QP, Charset
+from email import quoprimime
 from email.header import Header
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
-from email.policy import compat32
 from email.policy import default as default_policy
 from email.utils import formataddr, formatdate, make_msgid, parseaddr
 from functools import lru_cache
@@ -35,13 +32,6 @@ from .marketing_automation import new_token
 logger = logging.getLogger(__name__)
 
 UNSUBSCRIBE = 'unsubscribe'
-# The legacy API stores headers as given: parsing each one with the
-# registry of email.policy.default cost more than rendering the template.
-# The headers that need it are encoded and folded as they are set, and the
-# others are never folded: folding would break a long List-Unsubscribe URL.
-OUTBOX_POLICY = compat32.clone(linesep='\r\n', max_line_length=0)
-UTF8_QP = Charset('utf-8')
-UTF8_QP.body_encoding = QP
 # Links that a redirect would break are left as they are
 UNTRACKED = re.compile(r'^(mailto:|tel:|sms:|#|\$)', re.IGNORECASE)
 
@@ -427,9 +417,16 @@ def _headers(token, record_activity, sender):
 
 def _message(
         configured_sender, sender, to, subject, body, unsubscribe, headers):
+    """Return the message of body and of the plain text made from it, with
+    the headers given"""
     headers = dict(headers)
-    # A boundary of ours spares the generator a search of the body for it
-    message = MIMEMultipart('alternative', boundary='=_' + new_token())
+    # A boundary of ours needs no search of the body
+    boundary = '=_' + new_token()
+    message = Message([
+            ('Content-Type',
+                'multipart/alternative; boundary="%s"' % boundary),
+            ('MIME-Version', '1.0'),
+            ])
     set_from_header(
         _AddressHeaders(message), configured_sender or sender, sender)
     message['To'] = _encoded('To', _address(to))
@@ -442,11 +439,47 @@ def _message(
     # RFC 2369 and RFC 8058 one-click unsubscribe
     message['List-Unsubscribe'] = '<%s>' % unsubscribe
     message['List-Unsubscribe-Post'] = 'List-Unsubscribe=One-Click'
-    for content, subtype in [(html_to_text(body), 'plain'), (body, 'html')]:
-        part = MIMEText(content, subtype, UTF8_QP)
-        del part['MIME-Version']
-        message.attach(part)
+    message.text = ''.join([
+            *('%s: %s\r\n' % h for h in message.headers),
+            '\r\n--%s\r\n' % boundary,
+            _part(html_to_text(body), 'plain'),
+            '\r\n--%s\r\n' % boundary,
+            _part(body, 'html'),
+            '\r\n--%s--\r\n' % boundary,
+            ])
     return message
+
+
+def _part(content, subtype):
+    "Return the text of a part of content in UTF-8, quoted-printable"
+    # quoprimime encodes code points below 256 as bytes
+    encoded = quoprimime.body_encode(
+        content.encode('utf-8').decode('latin-1'), eol='\r\n')
+    return ('Content-Type: text/%s; charset="utf-8"\r\n'
+        'Content-Transfer-Encoding: quoted-printable\r\n\r\n%s'
+        % (subtype, encoded))
+
+
+class Message:
+    """An email as the outbox keeps and sends it: its headers, as they are
+    written, and its text
+
+    Written by hand: the email package's generator cost as much as
+    rendering the template. The headers that need it are encoded and
+    folded as they are set, and the others are never folded: folding would
+    break a long List-Unsubscribe URL."""
+    __slots__ = ('headers', 'text')
+
+    def __init__(self, headers):
+        self.headers, self.text = headers, None
+
+    def __setitem__(self, name, value):
+        self.headers.append((name, value))
+
+    def __getitem__(self, name):
+        for key, value in self.headers:
+            if key.lower() == name.lower():
+                return value
 
 
 class _AddressHeaders:
@@ -473,14 +506,13 @@ def _encoded(name, value):
 
 def as_text(message):
     "Return the text of message as the outbox keeps and sends it"
-    return message.as_string(policy=OUTBOX_POLICY)
+    return message.text
 
 
 def parsed(message):
     "Return message as an EmailMessage, its headers decoded"
     return email.message_from_string(
-        message.as_string(policy=OUTBOX_POLICY.clone(linesep='\n')),
-        policy=default_policy)
+        message.text.replace('\r\n', '\n'), policy=default_policy)
 
 
 def _domain(address):
