@@ -183,45 +183,41 @@ def _configured_sender():
 
 
 def _parties(record_activities):
-    """Return the marketing party of each record activity, reading the
-    resources by batch of model"""
-    by_model = defaultdict(set)
-    resources = {}
-    for record_activity in record_activities:
-        reference = record_activity.record.record
-        if reference is not None and reference.id is not None:
-            by_model[reference.__name__].add(reference.id)
+    """Return the resource and the marketing party of each record activity
+
+    The resources of a model are read together, as are their parties. The
+    parties are instances of their own: they are given their contact
+    mechanisms, which must not change the records that the templates
+    read."""
     pool = Pool()
-    for model, ids in by_model.items():
-        Model = pool.get(model)
-        for resource in Model.browse(sorted(ids)):
-            resources[(model, resource.id)] = resource
     Party = pool.get('party.party')
     ContactMechanism = pool.get('party.contact_mechanism')
-    party_ids = sorted({r.marketing_party.id for r in resources.values()
-            if r.marketing_party})
+    resources, party_ids = {}, {}
+    for record_activity in record_activities:
+        resource = record_activity.record.record
+        if resource is None or resource.id is None:
+            resources[record_activity] = None
+            continue
+        resources[record_activity] = resource
+        # A party is its own marketing party, with no field to compute
+        if resource.__name__ == 'party.party':
+            party_ids[record_activity] = resource.id
+        elif resource.marketing_party:
+            party_ids[record_activity] = resource.marketing_party.id
     # Party.contact_mechanisms is read one party at a time
     mechanisms = defaultdict(list)
     for mechanism in ContactMechanism.search([
-                ('party', 'in', party_ids),
+                ('party', 'in', sorted(set(party_ids.values()))),
                 ]):
         mechanisms[mechanism.party.id].append(mechanism)
     parties = {}
-    for party in Party.browse(party_ids):
+    for party in Party.browse(sorted(set(party_ids.values()))):
         # Read by batch before a change makes each party read alone
         party.rec_name, party.marketing_tracking_refused
         party.contact_mechanisms = mechanisms[party.id]
         parties[party.id] = party
-    result = {}
-    for record_activity in record_activities:
-        reference = record_activity.record.record
-        resource = party = None
-        if reference is not None:
-            resource = resources.get((reference.__name__, reference.id))
-        if resource is not None and resource.marketing_party:
-            party = parties[resource.marketing_party.id]
-        result[record_activity] = (resource, party)
-    return result
+    return {ra: (resource, parties.get(party_ids.get(ra)))
+        for ra, resource in resources.items()}
 
 
 def languages(party_ids):
@@ -274,12 +270,20 @@ def compose(activity, record_activities):
                 activity=activity.rec_name, exception=exception)
             errors.update(dict.fromkeys(language_activities, error))
             continue
-        for record_activity in language_activities:
+        try:
+            contexts = sandbox.template_contexts(
+                [parties[ra][0] for ra in language_activities],
+                templates.helpers)
+        except Exception:
+            # Each one on its own, so that only the records that may not
+            # be read fail
+            contexts = [None] * len(language_activities)
+        for record_activity, context in zip(language_activities, contexts):
             resource, party = parties[record_activity]
             try:
                 rows.append(_render(
                         record_activity, resource, party, templates,
-                        addresses[party.id]))
+                        addresses[party.id], context))
             except Exception as exception:
                 errors[record_activity] = gettext(
                     'marketing_automation.msg_render_failed',
@@ -289,8 +293,11 @@ def compose(activity, record_activities):
 
 
 class Templates(namedtuple('Templates', [
-            'title', 'template', 'configured_sender', 'sender', 'helpers'])):
-    "The templates of an activity in a language, checked"
+            'title', 'template', 'helpers', 'from_headers', 'domain',
+            'feedback_id'])):
+    """The templates of an activity in a language, checked, and what every
+    email of them has in common: the headers that name the sender, the
+    domain of its Message-ID and its Feedback-ID"""
     __slots__ = ()
 
     @classmethod
@@ -308,18 +315,30 @@ class Templates(namedtuple('Templates', [
         # A template saved before a rule tightened fails only its own
         sandbox.email_title(title)
         sandbox.email_template(template)
-        return cls(title, template, configured_sender, sender, helpers)
+        from_headers = Message([])
+        set_from_header(_AddressHeaders(from_headers),
+            configured_sender or sender, sender)
+        domain = _domain(sender)
+        # Gmail's feedback loop: campaign, customer, type and sender
+        scenario = activity.scenario
+        feedback_id = '%s:%s:marketing_automation:%s' % (
+            activity.id, scenario.id if scenario else '', domain)
+        return cls(title, template, helpers, from_headers.headers, domain,
+            feedback_id)
 
     def render(self, resource, to, filter_, unsubscribe, headers=None,
-            prefix=''):
+            prefix='', context=None):
         """Return the subject, the HTML body and the message to the address
         to of resource, its links passed through filter_, with the headers
-        given and prefix before the subject"""
-        context = sandbox.template_context(resource, self.helpers)
+        given and prefix before the subject
+
+        context is what the templates see, if already made for resource."""
+        if context is None:
+            context = sandbox.template_context(resource, self.helpers)
         subject = prefix + sandbox.render_title(self.title, context)
         body = sandbox.render_email(self.template, context, filter_)
         return subject, body, _message(
-            self.configured_sender, self.sender, to, subject, body,
+            self.from_headers, self.domain, to, subject, body,
             unsubscribe, headers or {})
 
 
@@ -360,8 +379,9 @@ def recipient(party):
     return format_address(mechanism.value, mechanism.name or party.rec_name)
 
 
-def _render(record_activity, resource, party, templates, to):
-    "Return the outbox row of the email of record_activity to the address to"
+def _render(record_activity, resource, party, templates, to, context=None):
+    """Return the outbox row of the email of record_activity to the address
+    to, rendered in context if given"""
     token = new_token()
     links = {}
     record = record_activity.record
@@ -379,7 +399,7 @@ def _render(record_activity, resource, party, templates, to):
         track(token, record.uuid, links,
             clicks=tracking in {'full', 'clicks'}, image=image),
         unsubscribe_url(record.uuid),
-        headers=_headers(token, record_activity, templates.sender))
+        headers=_headers(token, templates), context=context)
     return {
         'recipients': to,
         'subject': subject,
@@ -396,17 +416,13 @@ def _render(record_activity, resource, party, templates, to):
         }
 
 
-def _headers(token, record_activity, sender):
-    """Return the headers that name the email of record_activity: for the
-    bounces and the feedback loops of the mail providers"""
-    domain = _domain(sender)
-    activity = record_activity.activity
+def _headers(token, templates):
+    """Return the headers that name the email of token: for the bounces and
+    the feedback loops of the mail providers"""
     headers = {
         # Stable, so a bounce report names the email
-        'Message-ID': '<%s@%s>' % (token, domain),
-        # Gmail's feedback loop: campaign, customer, type and sender
-        'Feedback-ID': '%s:%s:marketing_automation:%s' % (
-            activity.id, record_activity.record.scenario.id, domain),
+        'Message-ID': '<%s@%s>' % (token, templates.domain),
+        'Feedback-ID': templates.feedback_id,
         }
     bounce_domain = config.get('marketing', 'automation_bounce')
     if bounce_domain:
@@ -415,10 +431,10 @@ def _headers(token, record_activity, sender):
     return headers
 
 
-def _message(
-        configured_sender, sender, to, subject, body, unsubscribe, headers):
-    """Return the message of body and of the plain text made from it, with
-    the headers given"""
+def _message(from_headers, domain, to, subject, body, unsubscribe, headers):
+    """Return the message of body and of the plain text made from it, from
+    the from_headers, with the headers given and otherwise a Message-ID in
+    domain"""
     headers = dict(headers)
     # A boundary of ours needs no search of the body
     boundary = '=_' + new_token()
@@ -426,14 +442,13 @@ def _message(
             ('Content-Type',
                 'multipart/alternative; boundary="%s"' % boundary),
             ('MIME-Version', '1.0'),
+            *from_headers,
             ])
-    set_from_header(
-        _AddressHeaders(message), configured_sender or sender, sender)
     message['To'] = _encoded('To', _address(to))
     message['Subject'] = _encoded('Subject', subject)
     message['Date'] = formatdate(localtime=True)
     message['Message-ID'] = (
-        headers.pop('Message-ID', None) or make_msgid(domain=_domain(sender)))
+        headers.pop('Message-ID', None) or make_msgid(domain=domain))
     for name, value in headers.items():
         message[name] = value
     # RFC 2369 and RFC 8058 one-click unsubscribe

@@ -2,8 +2,9 @@
 # this repository contains the full copyright notices and license terms.
 """The outbox: the archive of sent emails also holds those to send
 
-An email is claimed, sent, then marked as sent in its own commit. So a crash
-can only send again the email that was in the SMTP transaction. The outbox
+An email is claimed, sent, then recorded as sent in its own commit (Sent),
+which its claim settles into ir_email at its end. So a crash can only send
+again the email that was in the SMTP transaction. The outbox
 tells the record activities of the emails it gives up, once, through their
 transition.
 
@@ -11,17 +12,19 @@ Only the delivery task commits. The test emails of a wizard are claimed in
 its transaction and sent once trytond commits it (SendOnCommit)."""
 import datetime as dt
 import logging
+import re
 import smtplib
 import time
 from collections import defaultdict
-from email.parser import HeaderParser
 from email.utils import getaddresses, parseaddr
 
 from sql import Null
+from sql.aggregate import Max
 
 import trytond.config as config
 from trytond import backend
 from trytond.i18n import gettext
+from trytond.model import Index, ModelSQL, fields
 from trytond.pool import Pool
 from trytond.sendmail import get_smtp_server
 from trytond.tools import reduce_ids
@@ -57,13 +60,19 @@ def retry_delay(attempts):
 def envelope(message):
     """Return the sender and the recipients of the raw message
 
-    Only its headers are parsed: sending the stored text as it is costs a
-    fraction of parsing and generating the whole message again."""
-    headers = HeaderParser().parsestr(message, headersonly=True)
-    sender = parseaddr(headers.get('Return-Path') or headers.get('Sender')
-        or headers.get('From'))[1]
-    recipients = [a for _, a in getaddresses(
-            headers.get_all('To', []) + headers.get_all('Cc', []))]
+    Only the headers that name them are read: sending the stored text as it
+    is costs a fraction of parsing and generating the whole message again,
+    and the email package's parser costs as much as sending."""
+    head = message.split('\r\n\r\n', 1)[0].replace('\r\n', '\n')
+    headers = defaultdict(list)
+    # Folded lines go on with white space
+    for line in re.split(r'\n(?![ \t])', head):
+        name, colon, value = line.partition(':')
+        if colon:
+            headers[name.strip().lower()].append(value.strip())
+    sender = parseaddr(next(iter(headers['return-path'] or headers['sender']
+                or headers['from']), ''))[1]
+    recipients = [a for _, a in getaddresses(headers['to'] + headers['cc'])]
     return sender, recipients
 
 
@@ -71,9 +80,30 @@ class Unreachable(Exception):
     "The SMTP server cannot be reached"
 
 
+class Sent(ModelSQL):
+    """An email that the server accepted, and that its claim has not yet
+    marked as sent in ir_email
+
+    A narrow row inserted and committed as each email is accepted: the
+    update of the wide row of ir_email and of its indexes costs several
+    times more, so it is done once for the claim (settle). The claims of a
+    run that died are settled before they are taken back."""
+    __name__ = 'marketing.automation.email.sent'
+
+    email = fields.Many2One(
+        'ir.email', "Email", required=True, ondelete='CASCADE')
+
+    @classmethod
+    def __setup__(cls):
+        super().__setup__()
+        t = cls.__table__()
+        cls._sql_indexes.add(Index(t, (t.email, Index.Equality())))
+
+
 def deliver():
     "Send the due emails of the outbox by claimed batches; return the count"
-    sent = 0
+    settle_dead()
+    sent, delivered = 0, []
     # One connection for every claim: a greeting costs as much as dozens
     # of emails
     connection = pacing.Connection(_connect)
@@ -85,12 +115,14 @@ def deliver():
             emails = claimed(token)
             if not emails:
                 break
-            count, go_on = send(emails, connection)
+            count, go_on = send(emails, connection, delivered)
             sent += count
             if not go_on:
                 break
     finally:
         connection.close()
+    bounce.delivered(delivered)
+    Transaction().commit()
     return sent
 
 
@@ -180,6 +212,7 @@ def claim():
     table = _table()
     transaction = Transaction()
     cursor = transaction.connection.cursor()
+    sent = _sent_table()
     now = current_time()
     token = new_token()
     due = table.select(
@@ -187,10 +220,9 @@ def claim():
         where=(((table.marketing_automation_status == 'pending')
                 & ((table.marketing_automation_next_try == Null)
                     | (table.marketing_automation_next_try <= now)))
-            | ((table.marketing_automation_status == 'sending')
-                # The run that claimed it died
-                & (table.marketing_automation_next_try
-                    <= now - claim_timeout()))),
+            | (_dead(table, now)
+                # What a run that died had sent waits for settle_dead
+                & ~table.id.in_(sent.select(sent.email)))),
         order_by=[table.id.asc],
         limit=pacing.claim_limit(claim_size(), claim_timeout()))
     database = transaction.database
@@ -211,6 +243,30 @@ def claim():
     return token
 
 
+def _dead(table, now):
+    "The emails whose claim is so old that the run that claimed them died"
+    return ((table.marketing_automation_status == 'sending')
+        & (table.marketing_automation_next_try <= now - claim_timeout()))
+
+
+def settle_dead():
+    """Settle what the runs that died had sent, so that it is not sent
+    again, and commit"""
+    table = _table()
+    sent = _sent_table()
+    transaction = Transaction()
+    cursor = transaction.connection.cursor()
+    try:
+        cursor.execute(*sent.select(sent.email, where=sent.email.in_(
+                    table.select(table.id,
+                        where=_dead(table, current_time())))))
+        settle([e for e, in cursor])
+        transaction.commit()
+    except backend.DatabaseOperationalError:
+        # Another run is settling them
+        transaction.rollback()
+
+
 def claimed(claim):
     table = _table()
     cursor = Transaction().connection.cursor()
@@ -223,9 +279,12 @@ def claimed(claim):
     return cursor.fetchall()
 
 
-def send(emails, connection=None):
+def send(emails, connection=None, delivered=None):
     """Send the claimed emails at the pace of the database, committing
     after each one, through connection or one of their own
+
+    The addresses delivered are added to delivered, for the caller to tell
+    bounce, or told at the end.
 
     Return the number sent and whether the run may go on: not when the
     server cannot be reached, hangs or asks to slow down for good.
@@ -245,7 +304,10 @@ def send(emails, connection=None):
     own = connection is None
     if own:
         connection = pacing.Connection(_connect)
-    sent, delivered, go_on = 0, [], True
+    tell = delivered is None
+    if tell:
+        delivered = []
+    sent, go_on = 0, True
     for index, (email_id, message, attempts) in enumerate(emails):
         if index - first >= len(slots):
             slots, first = pacing.reserve(len(emails) - index), index
@@ -289,7 +351,9 @@ def send(emails, connection=None):
             break
     if own:
         connection.close()
-    bounce.delivered(delivered)
+    settle([e for e, _, _ in emails])
+    if tell:
+        bounce.delivered(delivered)
     transaction.commit()
     return sent, go_on
 
@@ -350,20 +414,40 @@ def _release(email_ids, error=None):
                 where=reduce_ids(table.id, sub_ids)))
 
 
+def _sent_table():
+    return Pool().get('marketing.automation.email.sent').__table__()
+
+
 def _sent(email_id):
+    "Record that the server accepted the email, to be settled (Sent)"
+    sent = _sent_table()
+    transaction = Transaction()
+    cursor = transaction.connection.cursor()
+    cursor.execute(*sent.insert(
+            [sent.email, sent.create_uid, sent.create_date],
+            [[email_id, transaction.user, current_time()]]))
+
+
+def settle(email_ids):
+    "Mark as sent in ir_email the emails of email_ids that were accepted"
     table = _table()
+    sent = _sent_table()
     cursor = Transaction().connection.cursor()
-    cursor.execute(*table.update(
-            [table.marketing_automation_status,
-                table.marketing_automation_message,
-                table.marketing_automation_claim,
-                table.marketing_automation_error,
-                table.marketing_automation_attempts,
-                table.marketing_automation_sent_at],
-            ['sent', Null, Null, Null,
-                table.marketing_automation_attempts + 1,
-                current_time()],
-            where=table.id == email_id))
+    for sub_ids in sliced(email_ids):
+        accepted = reduce_ids(sent.email, sub_ids)
+        cursor.execute(*table.update(
+                [table.marketing_automation_status,
+                    table.marketing_automation_message,
+                    table.marketing_automation_claim,
+                    table.marketing_automation_error,
+                    table.marketing_automation_attempts,
+                    table.marketing_automation_sent_at],
+                ['sent', Null, Null, Null,
+                    table.marketing_automation_attempts + 1,
+                    sent.select(Max(sent.create_date),
+                        where=sent.email == table.id)],
+                where=table.id.in_(sent.select(sent.email, where=accepted))))
+        cursor.execute(*sent.delete(where=accepted))
 
 
 def _retry(emails, error):

@@ -306,13 +306,15 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
             for record_activity, error in errors.items():
                 failed[error].append(record_activity)
 
+        # Before the transitions, whose writes make the record activities
+        # read again
+        tree.schedule_children(done, now)
+        tree.cancel_siblings(done)
         cls.do(done, at=now)
         cls.cancel(cancelled, at=now)
         cls.defer(deferred)
         for error, activities in failed.items():
             cls.fail(activities, error, at=now)
-        tree.schedule_children(done, now)
-        tree.cancel_siblings(done)
 
     @classmethod
     @Workflow.transition('done')

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import re
 import string
-from collections import namedtuple
+from collections import defaultdict, namedtuple
 from contextlib import contextmanager
 from decimal import Decimal
 from functools import lru_cache
@@ -106,16 +106,20 @@ class RecordProxy:
     """A read-only view of a record for templates
 
     It gives only the values of fields, read with the rights of its access
-    context, and proxies of the records they point to."""
-    __slots__ = ('_record', '_context')
+    context, and proxies of the records they point to. The proxies made
+    together share the fields already checked: the rights do not change
+    while a batch of emails renders."""
+    __slots__ = ('_record', '_context', '_checked')
 
-    def __init__(self, record, context):
+    def __init__(self, record, context, checked):
         object.__setattr__(self, '_record', record)
         object.__setattr__(self, '_context', context)
+        object.__setattr__(self, '_checked', checked)
 
     @classmethod
-    def of(cls, records, context):
-        "Return the proxies of records, checked in context"
+    def of(cls, records, context, checked=None):
+        """Return the proxies of records, checked in context, which share
+        checked: the (model, field) already checked in context"""
         pool = Pool()
         ModelAccess = pool.get('ir.model.access')
         Rule = pool.get('ir.rule')
@@ -125,7 +129,9 @@ class RecordProxy:
             with access(context):
                 ModelAccess.check(name, 'read')
                 Rule.check(name, [r.id for r in records], 'read')
-        return [cls(r, context) for r in records]
+        if checked is None:
+            checked = set()
+        return [cls(r, context, checked) for r in records]
 
     def _field(self, name):
         pool = Pool()
@@ -133,9 +139,13 @@ class RecordProxy:
         record = self._record
         if name not in record._fields:
             raise UndefinedError(name)
-        with access(self._context):
-            FieldAccess.check(record.__name__, [name], 'read')
-        return _template_value(getattr(record, name), self._context)
+        key = (record.__name__, name)
+        if key not in self._checked:
+            with access(self._context):
+                FieldAccess.check(record.__name__, [name], 'read')
+            self._checked.add(key)
+        return _template_value(
+            getattr(record, name), self._context, self._checked)
 
     def __setattr__(self, name, value):
         raise _refused('write')
@@ -163,16 +173,17 @@ class RecordProxy:
         return hash(self._record)
 
 
-def _template_value(value, context):
+def _template_value(value, context, checked=None):
     "Return value as a template may see it"
     if isinstance(value, Model):
-        return next(iter(RecordProxy.of([value], context)), None)
+        return next(iter(RecordProxy.of([value], context, checked)), None)
     if isinstance(value, (list, tuple)):
         if value and all(isinstance(v, Model) for v in value):
-            return tuple(RecordProxy.of(value, context))
-        return tuple(_template_value(v, context) for v in value)
+            return tuple(RecordProxy.of(value, context, checked))
+        return tuple(_template_value(v, context, checked) for v in value)
     if isinstance(value, dict):
-        return {k: _template_value(v, context) for k, v in value.items()}
+        return {k: _template_value(v, context, checked)
+            for k, v in value.items()}
     if value is None or isinstance(value, VALUE_TYPES):
         return value
     raise _refused('value', type=type(value).__name__)
@@ -763,11 +774,33 @@ def helpers(lang):
 def template_context(record, helpers):
     """Return what the templates of record see, with the helpers of its
     language: the record read in its company"""
-    context = dict(helpers)
-    record = in_company(record)
-    context['record'], = RecordProxy.of(
-        [record], record.marketing_access_context)
-    return context
+    return template_contexts([record], helpers)[0]
+
+
+def template_contexts(records, helpers):
+    """Return what the templates of each of records see, with the helpers
+    of their language, each record read in its company
+
+    The records of the same access context are checked together: when one
+    of them may not be read, they all fail."""
+    if any(r is None or r.id is None for r in records):
+        raise ValueError("A template needs a stored record")
+    records = [in_company(r) for r in records]
+    by_access = defaultdict(list)
+    access_contexts = {}
+    for index, record in enumerate(records):
+        access_context = record.marketing_access_context
+        # Its values are hashable, for the access caches
+        key = (record.__name__, tuple(sorted(access_context.items())))
+        access_contexts[key] = access_context
+        by_access[key].append(index)
+    contexts = [None] * len(records)
+    for key, indexes in by_access.items():
+        proxies = RecordProxy.of(
+            [records[i] for i in indexes], access_contexts[key])
+        for index, proxy in zip(indexes, proxies):
+            contexts[index] = dict(helpers, record=proxy)
+    return contexts
 
 
 def render_title(text, context):

@@ -398,12 +398,41 @@ class PacingOutboxTestCase(DatabaseTestCase):
     @with_transaction()
     def test_pacing_one_connection_for_claims(self):
         "A delivery run keeps its connection from one claim to the next"
-        addresses = self.enrol('TC', 5)
+        addresses = self.enrol('TK', 5)
         server = ThrottlingServer()
         with setting('marketing', 'automation_claim_size', '2'):
             deliver(server)
         self.assertEqual(received(server), Counter(addresses))
         self.assertEqual(list(Counter(server.peers).values()), [5])
+
+    @with_transaction()
+    def test_pacing_dead_claim_settled(self):
+        """What a run that died had sent is marked sent by the next run,
+        not sent again; the rest of its claim is"""
+        from trytond.modules.marketing_automation import outbox
+        pool = Pool()
+        Email = pool.get('ir.email')
+        Sent = pool.get('marketing.automation.email.sent')
+        addresses = self.enrol('TS', 3)
+        token = outbox.claim()
+        (first, _, _), *_ = outbox.claimed(token)
+        # The run died once the server had accepted the first email
+        outbox._sent(first)
+        Transaction().commit()
+        server = ThrottlingServer()
+        with setting('marketing', 'automation_claim_timeout', '0'):
+            deliver(server)
+        self.assertEqual(received(server), Counter(addresses[1:]))
+        emails = Email.search([
+                ('marketing_automation_status', '!=', None),
+                ('recipients', 'like', '%TS-%'),
+                ])
+        self.assertEqual(
+            {e.marketing_automation_status for e in emails}, {'sent'})
+        dead, = [e for e in emails if e.id == first]
+        self.assertEqual(dead.marketing_automation_attempts, 1)
+        self.assertIsNotNone(dead.marketing_automation_sent_at)
+        self.assertFalse(Sent.search([]))
 
 
 class TimedServer(FaultySMTPServer):
