@@ -308,9 +308,12 @@ class Templates(namedtuple('Templates', [
         configured_sender = _configured_sender()
         with Transaction().set_context(language=language):
             translated = Activity(activity.id)
-            title = translated.email_title or ''
-            template = translated.email_template or ''
-            sender = translated.email_from or configured_sender
+            # One read: each of these lazy fields would be read alone
+            texts, = Activity.read([activity.id],
+                ['email_title', 'email_template', 'email_from'])
+            title = texts['email_title'] or ''
+            template = texts['email_template'] or ''
+            sender = texts['email_from'] or configured_sender
             helpers = translated.email_context(Lang.get(language))
         # A template saved before a rule tightened fails only its own
         sandbox.email_title(title)

@@ -155,10 +155,9 @@ class Email(metaclass=PoolMeta):
         cls._sql_indexes.update({
                 Index(t, (t.marketing_automation_token, Index.Equality()),
                     where=t.marketing_automation_token != Null),
-                Index(t,
-                    (t.marketing_automation_status,
-                        Index.Equality(cardinality='low')),
-                    (t.marketing_automation_next_try, Index.Range()),
+                # The claims walk the outbox in the order of the ids: the
+                # primary key would walk the whole archive before it
+                Index(t, (t.id, Index.Range()),
                     where=t.marketing_automation_status.in_(
                         ['pending', 'sending'])),
                 Index(t,

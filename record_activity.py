@@ -114,9 +114,9 @@ class RecordActivity(Workflow, ModelSQL, ModelView):
                 'marketing_automation.msg_activity_record_unique'),
             ]
         cls._sql_indexes.update({
-                Index(t,
-                    (t.state, Index.Equality(cardinality='low')),
-                    (t.at, Index.Range()),
+                # The due ones by batches in the order of the ids: the
+                # primary key would walk every record activity done before
+                Index(t, (t.id, Index.Range()), (t.at, Index.Range()),
                     where=t.state == 'waiting'),
                 Index(t, (t.record, Index.Range())),
                 # The reports and the trends by activity and period
