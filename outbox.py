@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 def claim_size():
-    return config.getint('marketing', 'automation_claim_size', default=100)
+    return config.getint('marketing', 'automation_claim_size', default=200)
 
 
 def claim_timeout():
