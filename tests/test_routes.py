@@ -9,6 +9,7 @@ the records.
 
 The storm starts a real trytond server on the loopback and fires opens and
 clicks of the same email at once from threads."""
+import contextlib
 import datetime as dt
 import hashlib
 import http.client
@@ -21,6 +22,7 @@ import tempfile
 import threading
 import time
 import unittest
+import unittest.mock
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -34,9 +36,9 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 import trytond.config as config
 from trytond.modules.marketing_automation.tests.tools import (
-    BROWSER, TEMPLATE, AdminDatabases, DatabaseTestCase, follow, free_port,
-    open_images, restore_configuration, start_process, start_smtp_server,
-    stop_process, tracked, unsubscribe_links)
+    BROWSER, TEMPLATE, AdminDatabases, DatabaseTestCase, StatementCounter,
+    follow, free_port, open_images, restore_configuration, start_process,
+    start_smtp_server, stop_process, tracked, unsubscribe_links)
 from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import DB_NAME
@@ -330,7 +332,7 @@ class RoutesFuzzTestCase(DatabaseTestCase):
                                         'type': 'email',
                                         'value': '%s@example.com' % code,
                                         }])],
-                        } for code in 'ABCDEF'])
+                        } for code in 'ABCDEFGH'])
             scenario, = Scenario.create([{
                         'name': "Fuzz",
                         'model': 'party.party',
@@ -371,7 +373,7 @@ class RoutesFuzzTestCase(DatabaseTestCase):
         for message in cls.smtp.pop():
             code = message['To'].addresses[0].username.upper()
             messages[code] = message
-        assert sorted(messages) == list('ABCDEF'), sorted(messages)
+        assert sorted(messages) == list('ABCDEFGH'), sorted(messages)
         return messages
 
     def urls(self, code):
@@ -511,6 +513,95 @@ class RoutesFuzzTestCase(DatabaseTestCase):
         self.assertIsNotNone(after['Clicked']['at'])
         self.assertIsNotNone(after['Opened']['at'])
         self.assertEqual(after['Not opened']['state'], 'cancelled')
+
+    def test_repeat_is_read(self):
+        "A repeat open or click reads, in a read-only transaction or none"
+        from trytond.modules.marketing_automation import routes
+        urls = self.urls('G')
+        # The first events write
+        with self.requests() as (transactions, counter):
+            self.assertEqual(follow(urls['open']).status_code, 200)
+            self.assertEqual(follow(urls['clicks'][0]).status_code, 302)
+        self.assertIn(False, transactions)
+        self.assertTrue(self.writes(counter))
+        after = self.record_activities('G')
+        self.assertTrue(after['Welcome']['clicked'])
+
+        # A process that does not remember them reads them again
+        routes._remembered.clear()
+        with self.requests() as (transactions, counter):
+            self.assertEqual(follow(urls['open']).status_code, 200)
+            self.assertEqual(follow(urls['clicks'][0]).status_code, 302)
+        self.assertEqual(transactions, [True])
+        self.assertEqual(self.writes(counter), [])
+
+        # The one that remembers them does not ask the database
+        with self.requests() as (transactions, counter):
+            self.assertEqual(follow(urls['open']).status_code, 200)
+            self.assertEqual(follow(urls['clicks'][0]).status_code, 302)
+            self.assertEqual(follow(urls['clicks'][1]).status_code, 302)
+        self.assertEqual(transactions, [])
+        self.assertEqual(self.writes(counter), [])
+        self.assertEqual(self.record_activities('G'), after)
+
+    def test_remembered_flag_set_elsewhere(self):
+        """A flag that the process does not know as set is read again: an
+        open recorded by another process is not recorded twice"""
+        from trytond.modules.marketing_automation import routes
+        urls = self.urls('H')
+        # It remembers the email, opened by a machine only
+        self.assertEqual(
+            follow(urls['open'], user_agent=MACHINE).status_code, 200)
+        # Another process records the open
+        with Transaction().start(DB_NAME, 0) as transaction:
+            RecordActivity = Pool().get(
+                'marketing.automation.record.activity')
+            record_activity, = RecordActivity.search([
+                    ('record.record.code', '=', 'FZ-H', 'party.party'),
+                    ('activity.name', '=', "Welcome"),
+                    ])
+            RecordActivity.on_email_opened([record_activity])
+            transaction.commit()
+        before = self.record_activities('H')
+        self.assertFalse(routes._remembered.get(
+                DB_NAME, _path_only(urls['open']).split('/')[4][:-4]
+                ).opened)
+        with self.requests() as (transactions, counter):
+            self.assertEqual(follow(urls['open']).status_code, 200)
+        self.assertEqual(transactions, [True])
+        self.assertEqual(self.writes(counter), [])
+        self.assertEqual(self.record_activities('H'), before)
+        # Now it knows
+        with self.requests() as (transactions, counter):
+            self.assertEqual(follow(urls['open']).status_code, 200)
+        self.assertEqual(transactions, [])
+
+    @contextlib.contextmanager
+    def requests(self):
+        """Yield the readonly flag of each transaction started in the block,
+        and the statement counter of the block"""
+        transactions = []
+        start = Transaction.start
+
+        def started(transaction, database_name, user, readonly=False,
+                *args, **kwargs):
+            if database_name == DB_NAME:
+                transactions.append(readonly)
+            return start(
+                transaction, database_name, user, readonly, *args, **kwargs)
+        # It counts on every connection of the cursor class it patches
+        with Transaction().start(DB_NAME, 0, readonly=True):
+            counter = StatementCounter().__enter__()
+        try:
+            with unittest.mock.patch.object(Transaction, 'start', started):
+                yield transactions, counter
+        finally:
+            counter.__exit__(None, None, None)
+
+    @staticmethod
+    def writes(counter):
+        return [s for s in counter.statements
+            if s.split(None, 1)[0].upper() in {'INSERT', 'UPDATE', 'DELETE'}]
 
     def test_credentials_ignored(self):
         "The routes never try the credentials that a request carries"
@@ -736,6 +827,7 @@ class RoutesFuzzTestCase(DatabaseTestCase):
 
 STORM_SETUP = r'''
 "Set up the storm database with proteus and print the URLs of the email"
+import contextlib
 import datetime as dt
 import email
 import email.policy
