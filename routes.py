@@ -153,26 +153,15 @@ def _track(pool, token, flag):
     """Record the event of a tracked request on the email of token and
     return what is known of the email, or None for an unknown token
 
-    flag(tracked) names the flag that the event sets, or None.
+    flag(tracked) names the flag of Tracked that the event sets, or None.
     A repeat is answered from what the process remembers, or else from a
     read-only transaction: only a first event writes."""
-    database_name = pool.database_name
-    tracked = _remembered.get(database_name, token)
+    tracked = _remembered.get(pool.database_name, token)
     if tracked:
         name = flag(tracked)
         if name is None or getattr(tracked, name):
             return tracked
-    tracked = _lookups(database_name, token)
-    if tracked is None or tracked.state != 'done':
-        return tracked
-    name = flag(tracked)
-    if name is None or getattr(tracked, name):
-        return tracked
-    _events(database_name, (tracked, name))
-    tracked = tracked._replace(**{name: True}, **(
-            {'opened': True} if name == 'clicked' else {}))
-    _remembered.add(database_name, token, tracked)
-    return tracked
+    return _hits(pool.database_name, (token, flag))
 
 
 class Memory:
@@ -222,27 +211,33 @@ class Batches:
     the same database in one transaction
 
     The first request to come does the work of all those that wait, while
-    the next ones gather for the following transaction: under load a
-    transaction serves many requests, alone a request waits for nobody."""
+    the next ones gather for the following transaction, led by the first of
+    them: under load a transaction serves many requests, alone a request
+    waits for nobody. Each request waits on its own event, so only the
+    requests served wake up."""
 
     def __init__(self, work):
         self.work = work
-        self._condition = threading.Condition()
+        self._lock = threading.Lock()
         self._waiting = defaultdict(list)
         self._busy = set()
 
     def __call__(self, database_name, item):
-        hit = types.SimpleNamespace(item=item, done=False, error=None)
-        with self._condition:
+        hit = types.SimpleNamespace(
+            item=item, done=False, error=None, ready=threading.Event())
+        with self._lock:
             waiting = self._waiting[database_name]
-            waiting.append(hit)
-            while database_name in self._busy and not hit.done:
-                self._condition.wait()
-            if not hit.done:
+            lead = database_name not in self._busy
+            if lead:
                 self._busy.add(database_name)
-                batch = waiting[:]
-                waiting.clear()
+            else:
+                waiting.append(hit)
+        if not lead:
+            hit.ready.wait()
         if not hit.done:
+            with self._lock:
+                batch = [hit] + waiting
+                waiting.clear()
             try:
                 results = self.work(database_name, [h.item for h in batch])
                 for other, result in zip(batch, results):
@@ -251,28 +246,49 @@ class Batches:
                 for other in batch:
                     other.error = exception
             finally:
-                with self._condition:
-                    for other in batch:
-                        other.done = True
-                    self._busy.discard(database_name)
-                    self._condition.notify_all()
+                with self._lock:
+                    if waiting:
+                        following = waiting.pop(0)
+                    else:
+                        following = None
+                        self._busy.discard(database_name)
+                for other in batch:
+                    other.done = True
+                    other.ready.set()
+                if following:
+                    following.ready.set()
         if hit.error:
             raise hit.error
         return hit.result
 
 
 @Batches
-def _lookups(database_name, tokens):
-    "Look the tokens up in a read-only transaction and remember them"
+def _hits(database_name, hits):
+    """Look the tokens of the hits, as (token, flag), up in a read-only
+    transaction, then record their first events in one that writes
+
+    Return what is known of the email of each hit, or None."""
     with Transaction().start(database_name, 0, readonly=True):
-        found = email_.lookup(tokens)
-    for token, tracked in found.items():
-        _remembered.add(database_name, token, tracked)
-    return [found.get(t) for t in tokens]
+        found = email_.lookup({token for token, _ in hits})
+    events, result = [], []
+    for token, flag in hits:
+        tracked = found.get(token)
+        if tracked and tracked.state == 'done':
+            name = flag(tracked)
+            if name and not getattr(tracked, name):
+                events.append((tracked, name))
+                tracked = tracked._replace(**{name: True}, **(
+                        {'opened': True} if name == 'clicked' else {}))
+        result.append(tracked)
+    if events:
+        _record_events(database_name, events)
+    for (token, _), tracked in zip(hits, result):
+        if tracked:
+            _remembered.add(database_name, token, tracked)
+    return result
 
 
-@Batches
-def _events(database_name, events):
+def _record_events(database_name, events):
     """Record the events, as (tracked, flag name), in one transaction,
     retried as trytond does on a conflict
 
@@ -280,15 +296,15 @@ def _events(database_name, events):
     the event, so the same first event recorded twice, by two processes,
     changes nothing the second time."""
     pool = Pool(database_name)
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    by_flag = defaultdict(dict)
+    for tracked, name in events:
+        by_flag[name][tracked.record_activity] = tracked
     retry = config.getint('database', 'retry')
     for count in range(retry + 1):
         if count:
             time.sleep(0.02 * count)
         with Transaction().start(database_name, 0) as transaction:
-            RecordActivity = pool.get('marketing.automation.record.activity')
-            by_flag = defaultdict(dict)
-            for tracked, name in events:
-                by_flag[name][tracked.record_activity] = tracked
             try:
                 for name, tracked in by_flag.items():
                     tracked = list(tracked.values())
@@ -307,7 +323,7 @@ def _events(database_name, events):
                     transaction.rollback()
                     continue
                 raise
-        return [None] * len(events)
+        return
 
 
 def _event(tracked):

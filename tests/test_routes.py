@@ -15,6 +15,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -600,8 +601,9 @@ class RoutesFuzzTestCase(DatabaseTestCase):
 
     @staticmethod
     def writes(counter):
-        return [s for s in counter.statements
-            if s.split(None, 1)[0].upper() in {'INSERT', 'UPDATE', 'DELETE'}]
+        "Return the statements of counter that write"
+        return [s for s in counter.statements if re.match(
+                    r'\s*(INSERT|UPDATE|DELETE)\b', s, re.IGNORECASE)]
 
     def test_credentials_ignored(self):
         "The routes never try the credentials that a request carries"
@@ -902,6 +904,60 @@ print(json.dumps({
 
 def executable(name):
     return os.path.join(os.path.dirname(sys.executable), name)
+
+
+class BatchesTestCase(unittest.TestCase):
+    "The requests that wait at the same time share one transaction"
+
+    def gather(self, work, count):
+        """Call work through Batches from count threads, the first alone,
+        the others while it works, and return their results or errors"""
+        from trytond.modules.marketing_automation import routes
+        started, release = threading.Event(), threading.Event()
+        calls = []
+
+        def held(database_name, items):
+            calls.append(list(items))
+            if len(calls) == 1:
+                started.set()
+                release.wait(10)
+            return work(items)
+        batches = routes.Batches(held)
+
+        def call(item):
+            try:
+                return batches('db', item)
+            except Exception as exception:
+                return exception
+        with ThreadPoolExecutor(count) as executor:
+            first = executor.submit(call, 0)
+            self.assertTrue(started.wait(10))
+            others = [executor.submit(call, i) for i in range(1, count)]
+            deadline = time.monotonic() + 10
+            while (len(batches._waiting['db']) < count - 1
+                    and time.monotonic() < deadline):
+                time.sleep(0.01)
+            release.set()
+            results = [f.result(10) for f in [first] + others]
+        return calls, results
+
+    def test_gathered(self):
+        "The requests that wait are served by one call, each its result"
+        calls, results = self.gather(lambda items: [i * 2 for i in items], 5)
+        self.assertEqual(calls, [[0], [1, 2, 3, 4]])
+        self.assertEqual(results, [0, 2, 4, 6, 8])
+
+    def test_error(self):
+        "A failure of the work fails the requests it served, not the next"
+        def work(items):
+            if 2 in items:
+                raise ValueError(items)
+            return items
+        calls, results = self.gather(work, 4)
+        self.assertEqual(calls, [[0], [1, 2, 3]])
+        self.assertEqual(results[0], 0)
+        for result in results[1:]:
+            self.assertIsInstance(result, ValueError)
 
 
 class StormTestCase(unittest.TestCase):
