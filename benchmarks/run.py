@@ -200,21 +200,26 @@ class Backend:
                             raise RuntimeError("trytond does not answer")
                         time.sleep(0.2)
                 results = {}
-                # wrk.lua: WRK_RPC posts JSON-RPC, WRK_PATHS with WRK_ONCE
-                # hits each path once
-                for run, path, env in zip(WRK_RUNS,
-                        ['/rpc/', opens[-1], '/', clicks[-1], '/'],
-                        [{'WRK_RPC': '1'}, {},
-                            {'WRK_PATHS': paths + '.open.first',
-                                'WRK_ONCE': '1'},
-                            {}, {'WRK_PATHS': paths + '.click.first',
-                                'WRK_ONCE': '1'}]):
+
+                def measure(run, path, **env):
                     log("[%s] wrk: %s for %ss" % (self.name, run, duration))
-                    before = self.flags(database)
-                    results[run] = run_json(command + [base + path],
-                        '@@wrk ', env=dict(os.environ, **env,
+                    return run_json(command + [base + path], '@@wrk ',
+                        env=dict(os.environ, **env,
                             WRK_USER_AGENT=tools.BROWSER)
                         ) or {'error': 'wrk failed'}
+                # wrk.lua: WRK_RPC posts JSON-RPC, WRK_PATHS with WRK_ONCE
+                # hits each path once. The load of a shared machine drifts:
+                # each run is compared with a baseline run just before it.
+                once = {'WRK_ONCE': '1'}
+                for run, path, env in zip(WRK_RUNS[1:],
+                        [opens[-1], '/', clicks[-1], '/'],
+                        [{}, dict(once, WRK_PATHS=paths + '.open.first'),
+                            {}, dict(once, WRK_PATHS=paths + '.click.first')]):
+                    baseline = measure(WRK_RUNS[0], '/rpc/', WRK_RPC='1')
+                    results.setdefault(WRK_RUNS[0], baseline)
+                    before = self.flags(database)
+                    results[run] = measure(run, path, **env)
+                    results[run]['baseline_rps'] = baseline.get('rps')
                     if 'WRK_ONCE' in env:
                         # The opens or clicks that the run recorded
                         flag = 'opened' if 'open' in run else 'clicked'
@@ -358,17 +363,21 @@ def report(result):
     elif wrk:
         out.append('\nwrk: %(duration_s)s s, %(connections)s connections, '
             '%(threads)s threads; the first runs hit each link of '
-            '%(recipients)s recipients once' % wrk)
-        baseline = wrk['rpc_baseline'].get('rps')
-        rows = [[run, '%.1f' % f['rps'], '%.2f' % f['p99_ms'], f['errors'],
-                '%.0f%%' % (100 * f['rps'] / baseline) if baseline else '-',
-                '%s of %s' % (f['firsts'], f['requests'])
-                if 'firsts' in f else '-']
-            if 'rps' in f else [run, '-', '-', '-', '-', '-']
-            for run, f in ((r, wrk[r]) for r in WRK_RUNS)]
-        out.append(table(rows, [
-                    'run', 'req/s', 'p99 ms', 'errors', 'of baseline',
-                    'first hits']))
+            '%(recipients)s recipients once; each run against the baseline '
+            'run just before it' % wrk)
+        rows = []
+        for run in WRK_RUNS:
+            f = wrk[run]
+            baseline = f.get('baseline_rps', f.get('rps'))
+            rows.append([run, '%.1f' % f['rps'], '%.2f' % f['p99_ms'],
+                    f['errors'], '%.1f' % baseline if baseline else '-',
+                    '%.0f%%' % (100 * f['rps'] / baseline)
+                    if baseline else '-',
+                    '%s of %s' % (f['firsts'], f['requests'])
+                    if 'firsts' in f else '-']
+                if 'rps' in f else [run] + ['-'] * 6)
+        out.append(table(rows, ['run', 'req/s', 'p99 ms', 'errors',
+                    'baseline req/s', 'of baseline', 'first hits']))
         for process, figures in sorted(wrk.get('repeat', {}).items()):
             out.append('repeat open and click, %s process: %s statements, '
                 '%s writes, %s transactions, %s of them writing' % (
@@ -452,9 +461,9 @@ def targets(result):
         check(None, 'scaling of sending 1,000 -> 100,000: not measured '
             '(add 100000 to --sizes)')
     wrk = result.get('wrk') or {}
-    baseline = wrk.get('rpc_baseline', {}).get('rps')
     for run in WRK_RUNS[1:] if 'rpc_baseline' in wrk else []:
         figures = wrk[run]
+        baseline = figures.get('baseline_rps')
         if not baseline or 'rps' not in figures:
             check(False, 'wrk %s: no figures', run)
             continue
