@@ -208,7 +208,7 @@ _remembered = Memory()
 
 class Batches:
     """Run the work of the tracked requests that wait at the same time for
-    the same database in one transaction
+    the same database in one call, for one transaction
 
     The first request to come does the work of all those that wait, while
     the next ones gather for the following transaction, led by the first of
@@ -223,8 +223,8 @@ class Batches:
         self._busy = set()
 
     def __call__(self, database_name, item):
-        hit = types.SimpleNamespace(
-            item=item, done=False, error=None, ready=threading.Event())
+        hit = types.SimpleNamespace(item=item, done=False, result=None,
+            error=None, ready=threading.Event())
         with self._lock:
             waiting = self._waiting[database_name]
             lead = database_name not in self._busy
