@@ -545,36 +545,45 @@ Tracked = namedtuple('Tracked', [
         'opened_machine', 'filtered', 'links', 'sent_at'])
 
 
-def lookup(token):
-    "Return what the routes need to know of the email of token, or None"
+def lookup(tokens):
+    """Return what the routes need to know of the emails of tokens, by
+    token; an unknown token is missing"""
     cursor = Transaction().connection.cursor()
-    query, params, index = _lookup_query()
-    params = list(params)
-    params[index] = token
-    cursor.execute(query, params)
-    row = cursor.fetchone()
-    if row:
-        return Tracked(*row)
+    tokens = sorted(set(tokens))
+    result = {}
+    for start in range(0, len(tokens), LOOKUP_SIZE):
+        sub_tokens = tokens[start:start + LOOKUP_SIZE]
+        query, params, indexes = _lookup_query(len(sub_tokens))
+        params = list(params)
+        for index, token in zip(indexes, sub_tokens):
+            params[index] = token
+        cursor.execute(query, params)
+        for token, *row in cursor:
+            result[token] = Tracked(*row)
+    return result
 
 
-_TOKEN = object()
+# The most tokens that one lookup asks for
+LOOKUP_SIZE = 64
 
 
-@lru_cache(maxsize=1)
-def _lookup_query():
-    """Return the SQL of the lookup, its parameters and the index of the
-    token among them
+@lru_cache(maxsize=LOOKUP_SIZE)
+def _lookup_query(size):
+    """Return the SQL of the lookup of size tokens, its parameters and the
+    indexes of the tokens among them
 
-    One query instead of two searches and their reads, compiled once as it
-    runs at each tracked request."""
+    One query instead of two searches and their reads, compiled once by
+    size as it runs at each tracked request."""
     pool = Pool()
     Email = pool.get('ir.email')
     RecordActivity = pool.get('marketing.automation.record.activity')
     email = Email.__table__()
     record_activity = RecordActivity.__table__()
+    marks = [object() for _ in range(size)]
     query, params = tuple(email.join(record_activity, condition=(
                 record_activity.id
                 == email.marketing_automation_record_activity)).select(
+            email.marketing_automation_token,
             record_activity.id, record_activity.activity,
             record_activity.record, record_activity.state,
             record_activity.email_opened, record_activity.email_clicked,
@@ -582,9 +591,10 @@ def _lookup_query():
             record_activity.email_filtered,
             email.marketing_automation_links,
             email.marketing_automation_sent_at,
-            where=email.marketing_automation_token == Literal(_TOKEN),
-            limit=1))
-    return query, tuple(params), list(params).index(_TOKEN)
+            where=email.marketing_automation_token.in_(
+                [Literal(m) for m in marks])))
+    params = tuple(params)
+    return query, params, [params.index(m) for m in marks]
 
 
 def redirectable(target):

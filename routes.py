@@ -8,11 +8,17 @@ import base64
 import datetime as dt
 import logging
 import re
+import threading
+import time
+import types
+from collections import OrderedDict, defaultdict
 from functools import wraps
 
 from werkzeug.exceptions import HTTPException
 
 import trytond.config as config
+from trytond import backend
+from trytond.pool import Pool
 from trytond.protocols.wrappers import (
     HTTPStatus, Response, abort, redirect, with_pool, with_transaction)
 from trytond.transaction import Transaction
@@ -92,28 +98,13 @@ def click_delay():
 @public
 @tracking(on_bad=pixel)
 @with_pool
-@with_transaction(readonly=False)
 def email_open(request, pool, token):
-    RecordActivity = pool.get('marketing.automation.record.activity')
-    tracked = email_.lookup(token)
-    if tracked is None:
+    flag = {
+        scanner.PERSON: 'opened',
+        scanner.MACHINE: 'opened_machine',
+        }.get(scanner.classify(request), 'filtered')
+    if _track(pool, token, lambda tracked: flag) is None:
         return pixel(status=HTTPStatus.NOT_FOUND)
-    if tracked.state == 'done':
-        # A repeat changes nothing so it does not write
-        who = scanner.classify(request)
-        if who == scanner.PERSON:
-            if not tracked.opened:
-                RecordActivity.record_email_events(
-                    [_event(tracked)], opened=True, route=True)
-        elif who == scanner.MACHINE:
-            if not tracked.opened_machine:
-                RecordActivity.set_email_flags(
-                    [RecordActivity(tracked.record_activity)],
-                    'email_opened_machine', route=True)
-        elif not tracked.filtered:
-            RecordActivity.set_email_flags(
-                [RecordActivity(tracked.record_activity)], 'email_filtered',
-                route=True)
     return pixel()
 
 
@@ -131,36 +122,214 @@ def email_open_counted(request, pool, token):
     return pixel()
 
 
-def _event(tracked):
-    return Event(
-        tracked.record_activity, tracked.activity, tracked.record,
-        tracked.opened, tracked.clicked)
-
-
 @app.route('/m/<database_name>/c/<token>/<key>', methods={'GET', 'HEAD'})
 @public
 @tracking()
 @with_pool
-@with_transaction(readonly=False)
 def email_click(request, pool, token, key):
-    RecordActivity = pool.get('marketing.automation.record.activity')
-    tracked = email_.lookup(token)
-    target = email_.target(tracked.links, key) if tracked else None
-    if not target or not email_.redirectable(target):
-        abort(HTTPStatus.NOT_FOUND)
-    if tracked.state == 'done':
+    person = scanner.classify(request) == scanner.PERSON
+
+    def flag(tracked):
+        if not _target(tracked, key):
+            return None
         early = (not tracked.sent_at
             or current_time() < tracked.sent_at + click_delay())
-        if scanner.classify(request) == scanner.PERSON and not early:
-            if not tracked.clicked:
-                RecordActivity.record_email_events(
-                    [_event(tracked)], opened=True, clicked=True, route=True)
-        elif not tracked.filtered:
-            RecordActivity.set_email_flags(
-                [RecordActivity(tracked.record_activity)], 'email_filtered',
-                route=True)
+        return 'clicked' if person and not early else 'filtered'
+    target = _target(_track(pool, token, flag), key)
+    if not target:
+        abort(HTTPStatus.NOT_FOUND)
     # Every caller is sent on, only the counting differs
     return redirect(target, code=HTTPStatus.FOUND)
+
+
+def _target(tracked, key):
+    "Return the target of the link key of the email tracked, if it can go"
+    target = email_.target(tracked.links, key) if tracked else None
+    if target and email_.redirectable(target):
+        return target
+
+
+def _track(pool, token, flag):
+    """Record the event of a tracked request on the email of token and
+    return what is known of the email, or None for an unknown token
+
+    flag(tracked) names the flag of Tracked that the event sets, or None.
+    A repeat is answered from what the process remembers, or else from a
+    read-only transaction: only a first event writes."""
+    tracked = _remembered.get(pool.database_name, token)
+    if tracked:
+        name = flag(tracked)
+        if name is None or getattr(tracked, name):
+            return tracked
+    return _hits(pool.database_name, (token, flag))
+
+
+class Memory:
+    """What a process learnt of the emails of the tracked requests, by
+    database and token, so that a repeat needs no database
+
+    It keeps only what can never change back: an email delivered keeps its
+    record activity, its links and its time of sending, and its flags are
+    only ever set. A flag not set here may be set in the database by now,
+    so it is read again. Bounded in size, and in age so that an email
+    deleted since, with its scenario, is soon unknown again."""
+
+    def __init__(self, size=10000, age=300):
+        self.size, self.age = size, age
+        self._lock = threading.Lock()
+        self._facts = OrderedDict()
+
+    def get(self, database_name, token):
+        key = (database_name, token)
+        with self._lock:
+            tracked, until = self._facts.get(key, (None, 0))
+            if tracked and until < time.monotonic():
+                del self._facts[key]
+                return None
+            return tracked
+
+    def add(self, database_name, token, tracked):
+        if tracked.state != 'done' or not tracked.sent_at:
+            return
+        key = (database_name, token)
+        with self._lock:
+            self._facts[key] = (tracked, time.monotonic() + self.age)
+            self._facts.move_to_end(key)
+            while len(self._facts) > self.size:
+                self._facts.popitem(last=False)
+
+    def clear(self):
+        with self._lock:
+            self._facts.clear()
+
+
+_remembered = Memory()
+
+
+class Batches:
+    """Run the work of the tracked requests that wait at the same time for
+    the same database in one call, for one transaction
+
+    The first request to come does the work of all those that wait, while
+    the next ones gather for the following transaction, led by the first of
+    them: under load a transaction serves many requests, alone a request
+    waits for nobody. Each request waits on its own event, so only the
+    requests served wake up."""
+
+    def __init__(self, work):
+        self.work = work
+        self._lock = threading.Lock()
+        self._waiting = defaultdict(list)
+        self._busy = set()
+
+    def __call__(self, database_name, item):
+        hit = types.SimpleNamespace(item=item, done=False, result=None,
+            error=None, ready=threading.Event())
+        with self._lock:
+            waiting = self._waiting[database_name]
+            lead = database_name not in self._busy
+            if lead:
+                self._busy.add(database_name)
+            else:
+                waiting.append(hit)
+        if not lead:
+            hit.ready.wait()
+        if not hit.done:
+            with self._lock:
+                batch = [hit] + waiting
+                waiting.clear()
+            try:
+                results = self.work(database_name, [h.item for h in batch])
+                for other, result in zip(batch, results):
+                    other.result = result
+            except Exception as exception:
+                for other in batch:
+                    other.error = exception
+            finally:
+                with self._lock:
+                    if waiting:
+                        following = waiting.pop(0)
+                    else:
+                        following = None
+                        self._busy.discard(database_name)
+                for other in batch:
+                    other.done = True
+                    other.ready.set()
+                if following:
+                    following.ready.set()
+        if hit.error:
+            raise hit.error
+        return hit.result
+
+
+@Batches
+def _hits(database_name, hits):
+    """Look the tokens of the hits, as (token, flag), up in a read-only
+    transaction, then record their first events in one that writes
+
+    Return what is known of the email of each hit, or None."""
+    with Transaction().start(database_name, 0, readonly=True):
+        found = email_.lookup({token for token, _ in hits})
+    events, result = [], []
+    for token, flag in hits:
+        tracked = found.get(token)
+        if tracked and tracked.state == 'done':
+            name = flag(tracked)
+            if name and not getattr(tracked, name):
+                events.append((tracked, name))
+                tracked = tracked._replace(**{name: True}, **(
+                        {'opened': True} if name == 'clicked' else {}))
+        result.append(tracked)
+    if events:
+        _record_events(database_name, events)
+    for (token, _), tracked in zip(hits, result):
+        if tracked:
+            _remembered.add(database_name, token, tracked)
+    return result
+
+
+def _record_events(database_name, events):
+    """Record the events, as (tracked, flag name), in one transaction,
+    retried as trytond does on a conflict
+
+    Their statements only change the rows that miss the flag or wait for
+    the event, so the same first event recorded twice, by two processes,
+    changes nothing the second time."""
+    pool = Pool(database_name)
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    by_flag = defaultdict(dict)
+    for tracked, name in events:
+        by_flag[name][tracked.record_activity] = tracked
+    retry = config.getint('database', 'retry')
+    for count in range(retry + 1):
+        if count:
+            time.sleep(0.02 * count)
+        with Transaction().start(database_name, 0) as transaction:
+            try:
+                for name, tracked in by_flag.items():
+                    tracked = list(tracked.values())
+                    if name in {'opened', 'clicked'}:
+                        RecordActivity.record_email_events(
+                            [_event(t) for t in tracked], opened=True,
+                            clicked=name == 'clicked', route=True)
+                    else:
+                        RecordActivity.set_email_flags(
+                            RecordActivity.browse(
+                                [t.record_activity for t in tracked]),
+                            'email_' + name, route=True)
+                transaction.commit()
+            except backend.DatabaseOperationalError:
+                if count < retry:
+                    transaction.rollback()
+                    continue
+                raise
+        return
+
+
+def _event(tracked):
+    return Event(
+        tracked.record_activity, tracked.activity, tracked.record,
+        tracked.opened, tracked.clicked)
 
 
 @app.route('/m/<database_name>/u/<record_uuid>',

@@ -6,6 +6,7 @@ Only the verdict is kept: no address and no user agent is stored.
 A site extends the lists with the [marketing] automation_scanners and
 automation_machine_opens options: regular expressions, one a line."""
 import re
+from functools import lru_cache
 
 import trytond.config as config
 
@@ -60,8 +61,16 @@ def classify(request):
     user_agent = request.headers.get('User-Agent', '').strip()
     if not user_agent:
         return SCANNER
-    if _pattern('automation_machine_opens', MACHINE_OPENS).search(user_agent):
+    return _classify_user_agent(
+        user_agent, _pattern('automation_machine_opens', MACHINE_OPENS),
+        _pattern('automation_scanners', SCANNERS))
+
+
+# The same few user agents come again and again, and the patterns are long
+@lru_cache(maxsize=1024)
+def _classify_user_agent(user_agent, machine_opens, scanners):
+    if machine_opens.search(user_agent):
         return MACHINE
-    if _pattern('automation_scanners', SCANNERS).search(user_agent):
+    if scanners.search(user_agent):
         return SCANNER
     return PERSON

@@ -312,10 +312,19 @@ def module(options):
     # The first processing run sends the root emails
     steps['send'] = committed(RecordActivity.process).result('email')
     if mode == 'wrk':
-        paths = tracked()
+        # The last email is for the repeats, the others for run.py's wrk
+        *paths, (_, open_path, click_path) = tracked()
         for index, kind in [(1, '.open'), (2, '.click')]:
             with open(options['paths'] + kind, 'w') as file:
                 file.writelines(p[index] + '\n' for p in paths)
+        result['repeat'] = repeat_is_read(database, open_path, click_path)
+        if options['backend'] == 'postgresql':
+            # As autovacuum would have done on a table that grew this much:
+            # a never analysed table misleads the planner of the route's
+            # UPDATE into a scan of every record activity waiting
+            with transaction() as t:
+                t.connection.cursor().execute('ANALYZE')
+                t.commit()
         return result
     # Every other email is opened, in bulk first, rolled back to replay
     # the same opens through the route
@@ -365,6 +374,47 @@ def module(options):
     # Last: its DDL must not change what the steps see
     with transaction():
         result['insert_select'] = insert_select(options['backend'], root)
+    return result
+
+
+WRITING = re.compile(r'\s*(INSERT|UPDATE|DELETE)\b', re.IGNORECASE)
+
+
+def repeat_is_read(database, *paths):
+    """Return the statements and the transactions of a repeat of the open
+    and of the click of paths, on trytond's WSGI application in this
+    process: first as a process that does not remember them, then as one
+    that does"""
+    from unittest.mock import patch
+
+    from trytond.modules.marketing_automation import routes
+    from trytond.modules.marketing_automation.tests import tools
+    from trytond.transaction import Transaction
+
+    for path in paths:
+        assert tools.follow(path).status_code in {200, 302}, path
+    result, start = {}, Transaction.start
+
+    def started(transaction, database_name, user, readonly=False, *args,
+            **kwargs):
+        if database_name == database:
+            transactions.append(readonly)
+        return start(transaction, database_name, user, readonly, *args,
+            **kwargs)
+    for process in ['cold', 'warm']:
+        if process == 'cold':
+            routes._remembered.clear()
+        transactions = []
+        with Transaction().start(database, 0, readonly=True):
+            counter = tools.StatementCounter().__enter__()
+        with patch.object(Transaction, 'start', started):
+            statuses = [tools.follow(p).status_code for p in paths]
+        counter.__exit__(None, None, None)
+        result[process] = {'statuses': statuses,
+            'statements': counter.count,
+            'writes': sum(bool(WRITING.match(s)) for s in counter.statements),
+            'transactions': len(transactions),
+            'write_transactions': transactions.count(False)}
     return result
 
 

@@ -2,7 +2,8 @@
 -- this repository contains the full copyright notices and license terms.
 -- Every wrk run of run.py, as a browser: the JSON-RPC baseline when WRK_RPC
 -- is set, a rotation over the paths of the file WRK_PATHS when it is set
--- (each thread from its own place), otherwise the URL over and over
+-- (each thread from its own place, or each path once with WRK_ONCE),
+-- otherwise the URL over and over
 wrk.headers["User-Agent"] = os.getenv("WRK_USER_AGENT")
 if os.getenv("WRK_RPC") then
    wrk.method = "POST"
@@ -10,20 +11,36 @@ if os.getenv("WRK_RPC") then
    wrk.headers["Content-Type"] = "application/json"
 end
 
+-- WRK_ONCE: each path of WRK_PATHS once, the threads taking turns, and a
+-- thread stops when its paths are done (what it sends after repeats its
+-- last path)
 local rotation = os.getenv("WRK_PATHS")
-local paths, counter, threads = {}, 0, 0
+local once = os.getenv("WRK_ONCE")
+local paths, counter, threads = {}, 0, {}
 function setup(thread)
-   thread:set("offset", threads * 997)
-   threads = threads + 1
+   threads[#threads + 1] = thread
+   thread:set("offset", (#threads - 1) * 997)
+   thread:set("index", #threads - 1)
+   for _, each in ipairs(threads) do each:set("stride", #threads) end
 end
 if rotation then
    function init(args)
-      counter = offset or 0
+      counter = once and 0 or offset
       for line in io.lines(rotation) do
          if line ~= "" then paths[#paths + 1] = line end
       end
    end
    function request()
+      if once then
+         local next = index + counter * stride + 1
+         if next > #paths then
+            wrk.thread:stop()
+            next = math.max(next - stride, 1)
+         else
+            counter = counter + 1
+         end
+         return wrk.format(nil, paths[next])
+      end
       counter = counter + 1
       return wrk.format(nil, paths[(counter % #paths) + 1])
    end

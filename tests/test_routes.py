@@ -9,11 +9,13 @@ the records.
 
 The storm starts a real trytond server on the loopback and fires opens and
 clicks of the same email at once from threads."""
+import contextlib
 import datetime as dt
 import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +23,7 @@ import tempfile
 import threading
 import time
 import unittest
+import unittest.mock
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -34,9 +37,9 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 import trytond.config as config
 from trytond.modules.marketing_automation.tests.tools import (
-    BROWSER, TEMPLATE, AdminDatabases, DatabaseTestCase, follow, free_port,
-    open_images, restore_configuration, start_process, start_smtp_server,
-    stop_process, tracked, unsubscribe_links)
+    BROWSER, TEMPLATE, AdminDatabases, DatabaseTestCase, StatementCounter,
+    follow, free_port, open_images, restore_configuration, start_process,
+    start_smtp_server, stop_process, tracked, unsubscribe_links)
 from trytond.pool import Pool
 from trytond.pyson import PYSONEncoder
 from trytond.tests.test_tryton import DB_NAME
@@ -330,7 +333,7 @@ class RoutesFuzzTestCase(DatabaseTestCase):
                                         'type': 'email',
                                         'value': '%s@example.com' % code,
                                         }])],
-                        } for code in 'ABCDEF'])
+                        } for code in 'ABCDEFGH'])
             scenario, = Scenario.create([{
                         'name': "Fuzz",
                         'model': 'party.party',
@@ -371,7 +374,7 @@ class RoutesFuzzTestCase(DatabaseTestCase):
         for message in cls.smtp.pop():
             code = message['To'].addresses[0].username.upper()
             messages[code] = message
-        assert sorted(messages) == list('ABCDEF'), sorted(messages)
+        assert sorted(messages) == list('ABCDEFGH'), sorted(messages)
         return messages
 
     def urls(self, code):
@@ -511,6 +514,96 @@ class RoutesFuzzTestCase(DatabaseTestCase):
         self.assertIsNotNone(after['Clicked']['at'])
         self.assertIsNotNone(after['Opened']['at'])
         self.assertEqual(after['Not opened']['state'], 'cancelled')
+
+    def test_repeat_is_read(self):
+        "A repeat open or click reads, in a read-only transaction or none"
+        from trytond.modules.marketing_automation import routes
+        urls = self.urls('G')
+        # The first events write
+        with self.requests() as (transactions, counter):
+            self.assertEqual(follow(urls['open']).status_code, 200)
+            self.assertEqual(follow(urls['clicks'][0]).status_code, 302)
+        self.assertIn(False, transactions)
+        self.assertTrue(self.writes(counter))
+        after = self.record_activities('G')
+        self.assertTrue(after['Welcome']['clicked'])
+
+        # A process that does not remember them reads them again
+        routes._remembered.clear()
+        with self.requests() as (transactions, counter):
+            self.assertEqual(follow(urls['open']).status_code, 200)
+            self.assertEqual(follow(urls['clicks'][0]).status_code, 302)
+        self.assertEqual(transactions, [True])
+        self.assertEqual(self.writes(counter), [])
+
+        # The one that remembers them does not ask the database
+        with self.requests() as (transactions, counter):
+            self.assertEqual(follow(urls['open']).status_code, 200)
+            self.assertEqual(follow(urls['clicks'][0]).status_code, 302)
+            self.assertEqual(follow(urls['clicks'][1]).status_code, 302)
+        self.assertEqual(transactions, [])
+        self.assertEqual(self.writes(counter), [])
+        self.assertEqual(self.record_activities('G'), after)
+
+    def test_remembered_flag_set_elsewhere(self):
+        """A flag that the process does not know as set is read again: an
+        open recorded by another process is not recorded twice"""
+        from trytond.modules.marketing_automation import routes
+        urls = self.urls('H')
+        # It remembers the email, opened by a machine only
+        self.assertEqual(
+            follow(urls['open'], user_agent=MACHINE).status_code, 200)
+        # Another process records the open
+        with Transaction().start(DB_NAME, 0) as transaction:
+            RecordActivity = Pool().get(
+                'marketing.automation.record.activity')
+            record_activity, = RecordActivity.search([
+                    ('record.record.code', '=', 'FZ-H', 'party.party'),
+                    ('activity.name', '=', "Welcome"),
+                    ])
+            RecordActivity.on_email_opened([record_activity])
+            transaction.commit()
+        before = self.record_activities('H')
+        self.assertFalse(routes._remembered.get(
+                DB_NAME, _path_only(urls['open']).split('/')[4][:-4]
+                ).opened)
+        with self.requests() as (transactions, counter):
+            self.assertEqual(follow(urls['open']).status_code, 200)
+        self.assertEqual(transactions, [True])
+        self.assertEqual(self.writes(counter), [])
+        self.assertEqual(self.record_activities('H'), before)
+        # Now it knows
+        with self.requests() as (transactions, counter):
+            self.assertEqual(follow(urls['open']).status_code, 200)
+        self.assertEqual(transactions, [])
+
+    @contextlib.contextmanager
+    def requests(self):
+        """Yield the readonly flag of each transaction started in the block,
+        and the statement counter of the block"""
+        transactions = []
+        start = Transaction.start
+
+        def started(transaction, database_name, user, readonly=False,
+                *args, **kwargs):
+            if database_name == DB_NAME:
+                transactions.append(readonly)
+            return start(
+                transaction, database_name, user, readonly, *args, **kwargs)
+        # It counts on every connection of the cursor class it patches
+        with Transaction().start(DB_NAME, 0, readonly=True):
+            counter = StatementCounter().__enter__()
+        try:
+            with unittest.mock.patch.object(Transaction, 'start', started):
+                yield transactions, counter
+        finally:
+            counter.__exit__(None, None, None)
+
+    @staticmethod
+    def writes(counter):
+        "Return the statements of counter that write"
+        return [s for s in counter.statements if re.match(
+                    r'\s*(INSERT|UPDATE|DELETE)\b', s, re.IGNORECASE)]
 
     def test_credentials_ignored(self):
         "The routes never try the credentials that a request carries"
@@ -736,6 +829,7 @@ class RoutesFuzzTestCase(DatabaseTestCase):
 
 STORM_SETUP = r'''
 "Set up the storm database with proteus and print the URLs of the email"
+import contextlib
 import datetime as dt
 import email
 import email.policy
@@ -810,6 +904,60 @@ print(json.dumps({
 
 def executable(name):
     return os.path.join(os.path.dirname(sys.executable), name)
+
+
+class BatchesTestCase(unittest.TestCase):
+    "The requests that wait at the same time share one transaction"
+
+    def gather(self, work, count):
+        """Call work through Batches from count threads, the first alone,
+        the others while it works, and return their results or errors"""
+        from trytond.modules.marketing_automation import routes
+        started, release = threading.Event(), threading.Event()
+        calls = []
+
+        def held(database_name, items):
+            calls.append(list(items))
+            if len(calls) == 1:
+                started.set()
+                release.wait(10)
+            return work(items)
+        batches = routes.Batches(held)
+
+        def call(item):
+            try:
+                return batches('db', item)
+            except Exception as exception:
+                return exception
+        with ThreadPoolExecutor(count) as executor:
+            first = executor.submit(call, 0)
+            self.assertTrue(started.wait(10))
+            others = [executor.submit(call, i) for i in range(1, count)]
+            deadline = time.monotonic() + 10
+            while (len(batches._waiting['db']) < count - 1
+                    and time.monotonic() < deadline):
+                time.sleep(0.01)
+            release.set()
+            results = [f.result(10) for f in [first] + others]
+        return calls, results
+
+    def test_gathered(self):
+        "The requests that wait are served by one call, each its result"
+        calls, results = self.gather(lambda items: [i * 2 for i in items], 5)
+        self.assertEqual(calls, [[0], [1, 2, 3, 4]])
+        self.assertEqual(results, [0, 2, 4, 6, 8])
+
+    def test_error(self):
+        "A failure of the work fails the requests it served, not the next"
+        def work(items):
+            if 2 in items:
+                raise ValueError(items)
+            return items
+        calls, results = self.gather(work, 4)
+        self.assertEqual(calls, [[0], [1, 2, 3]])
+        self.assertEqual(results[0], 0)
+        for result in results[1:]:
+            self.assertIsInstance(result, ValueError)
 
 
 class StormTestCase(unittest.TestCase):
