@@ -309,6 +309,16 @@ def module(options):
         with transaction():
             result['insert_select'] = insert_select(options['backend'], root)
         return result
+
+    def analyze():
+        """Analyze the tables, as autovacuum would have done on tables that
+        grew this much: the planner of a never analysed table chooses by
+        defaults, which for a lookup of tokens is a scan of the table"""
+        if options['backend'] == 'postgresql':
+            with transaction() as t:
+                t.connection.cursor().execute('ANALYZE')
+                t.commit()
+
     # The first processing run sends the root emails
     steps['send'] = committed(RecordActivity.process).result('email')
     if mode == 'wrk':
@@ -318,14 +328,9 @@ def module(options):
             with open(options['paths'] + kind, 'w') as file:
                 file.writelines(p[index] + '\n' for p in paths)
         result['repeat'] = repeat_is_read(database, open_path, click_path)
-        if options['backend'] == 'postgresql':
-            # As autovacuum would have done on a table that grew this much:
-            # a never analysed table misleads the planner of the route's
-            # UPDATE into a scan of every record activity waiting
-            with transaction() as t:
-                t.connection.cursor().execute('ANALYZE')
-                t.commit()
+        analyze()
         return result
+    analyze()
     # Every other email is opened, in bulk first, rolled back to replay
     # the same opens through the route
     events = tracked(every=2)
