@@ -246,14 +246,23 @@ class Email(metaclass=PoolMeta):
 
     @classmethod
     def marketing_automation_send(cls):
-        "Send the outbox now, or ask a worker to when there are workers"
+        """Send the outbox now, or ask the workers to when there are workers
+
+        One delivery task is queued for each claim in the outbox, up to
+        outbox.DELIVERY_TASKS: so that several workers share the sending of
+        a batch or of a backlog, not one alone."""
         if config.getboolean('queue', 'worker', default=False):
+            size = outbox.claim_size()
             emails = cls.search([
                     ('marketing_automation_status', 'in',
                         ['pending', 'sending']),
-                    ], limit=1)
+                    ], order=[('id', 'ASC')],
+                limit=size * outbox.DELIVERY_TASKS)
             if emails:
-                cls.__queue__.marketing_automation_deliver(emails)
+                # One email tells each task that there is work
+                with Transaction().set_context(queue_batch=1):
+                    cls.__queue__.marketing_automation_deliver(
+                        emails[::size])
         else:
             cls.marketing_automation_deliver()
 
@@ -262,7 +271,9 @@ class Email(metaclass=PoolMeta):
         """Send the due emails of the outbox by claimed batches, committing
         each claim and each email sent: a task of its own
 
-        emails only tells a worker that there is work."""
+        emails only tells a worker that there is work: each task claims
+        until nothing is due, and the tasks that run at the same time claim
+        different emails."""
         return outbox.deliver()
 
     @classmethod
