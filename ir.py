@@ -248,9 +248,13 @@ class Email(metaclass=PoolMeta):
     def marketing_automation_send(cls):
         """Send the outbox now, or ask the workers to when there are workers
 
-        One delivery task is queued for each claim in the outbox, up to
-        outbox.DELIVERY_TASKS: so that several workers share the sending of
-        a batch or of a backlog, not one alone."""
+        With workers, the queue holds one delivery task for each claim in
+        the outbox, up to outbox.DELIVERY_TASKS: so that several workers
+        share the sending of a batch or of a backlog, and not one alone.
+        The tasks that no worker took yet count: each claims until nothing
+        is due, and a task that finds nothing still costs a worker."""
+        pool = Pool()
+        Queue = pool.get('ir.queue')
         if config.getboolean('queue', 'worker', default=False):
             size = outbox.claim_size()
             emails = cls.search([
@@ -258,11 +262,16 @@ class Email(metaclass=PoolMeta):
                         ['pending', 'sending']),
                     ], order=[('id', 'ASC')],
                 limit=size * outbox.DELIVERY_TASKS)
+            waiting = Queue.search_count([
+                    ('dequeued_at', '=', None),
+                    ('data.model', '=', cls.__name__),
+                    ('data.method', '=', 'marketing_automation_deliver'),
+                    ])
+            # One email tells each task that there is work
+            emails = emails[::size][waiting:]
             if emails:
-                # One email tells each task that there is work
                 with Transaction().set_context(queue_batch=1):
-                    cls.__queue__.marketing_automation_deliver(
-                        emails[::size])
+                    cls.__queue__.marketing_automation_deliver(emails)
         else:
             cls.marketing_automation_deliver()
 

@@ -197,7 +197,8 @@ class WorkersTestCase(DatabaseTestCase):
     @with_transaction()
     def test_workers_backlog_shared(self):
         """The emails left unsent while the server was down are queued as
-        several delivery tasks, at most DELIVERY_TASKS, and sent once"""
+        several delivery tasks, at most DELIVERY_TASKS with those waiting,
+        and sent once"""
         pool = Pool()
         Email = pool.get('ir.email')
         table = Email.__table__()
@@ -224,6 +225,10 @@ class WorkersTestCase(DatabaseTestCase):
             self.process()
             self.assertEqual([t.data['method'] for t in self.queued()],
                 [DELIVER] * min(math.ceil(7 / 2), outbox.DELIVERY_TASKS))
+            # Those waiting for a worker are enough
+            self.process()
+            self.assertEqual(len(self.queued()),
+                min(math.ceil(7 / 2), outbox.DELIVERY_TASKS))
             self.run_tasks()
         self.assertSentOnce(server, 'WD', 7)
 
