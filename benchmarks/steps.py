@@ -817,11 +817,14 @@ def workers(options):
             'trytond-worker'), '-c', options['config'], '-d', database,
         '-n', '1', '--logconf', logconf]
     samples, sampling = Counter(), threading.Event()
+    locks = Counter()
 
     def sample():
-        "Count the states and waits of the other connections to database"
+        """Count the states and waits of the other connections to database,
+        and the lock waits by query apart"""
         with psycopg.connect(uri, autocommit=True) as connection:
             while not sampling.wait(0.05):
+                locks['samples'] += 1
                 for row in connection.execute("SELECT state, "
                         "wait_event_type, wait_event, left(query, 50) "
                         "FROM pg_stat_activity WHERE datname = %s "
@@ -829,6 +832,8 @@ def workers(options):
                         "AND backend_type = 'client backend'",
                         (database,)):
                     state, kind, event, text = row
+                    if kind == 'Lock':
+                        locks['%s %s' % (event, text)] += 1
                     if state == 'active' or kind == 'Lock':
                         samples['%s %s:%s %s' % (
                                 state, kind, event, text)] += 1
@@ -945,7 +950,8 @@ def workers(options):
         'load_average': load,
         'cpu_workers': round(cpu_end[0] - cpu_start[0], 2),
         'cpu_postgresql': round(cpu_end[1] - cpu_start[1], 2),
-        'waits': dict(samples.most_common(15)), 'errors': errors}
+        'waits': dict(samples.most_common(15)), 'lock_waits': dict(locks),
+        'errors': errors}
 
 
 if __name__ == '__main__':
