@@ -771,7 +771,11 @@ def workers(options):
     PostgreSQL: the cron's RecordActivity.process() queues the work and the
     workers run it. The time goes from the call of process() to the last
     email received; exactly once is checked at the SMTP server of run.py,
-    which writes the Message-ID of each email it receives to ids_file"""
+    which writes the Message-ID of each email it receives to ids_file
+
+    kind is campaign: the workers compose and deliver the emails; or
+    backlog: the emails are composed beforehand, as those left in the
+    outbox by a mail server that was down, and the workers deliver them."""
     from trytond import config
     config.update_etc(options['config'])  # before the imports that read it
     import threading
@@ -795,15 +799,28 @@ def workers(options):
     RecordActivity = pool.get('marketing.automation.record.activity')
     Email = pool.get('ir.email')
 
+    Queue = pool.get('ir.queue')
+    backlog = options['kind'] == 'backlog'
+
     started = time.perf_counter()
     with Transaction().start(database, 0) as transaction:
         tools.create_parties('Party', size)
-        scenario, = Scenario.create([SCENARIO])
+        # The backlog has no children that the run would make due
+        scenario, = Scenario.create([dict(SCENARIO, activities=[
+                        ('create', [send_email('News')])])
+                if backlog else SCENARIO])
         Scenario.run([scenario])
         root, = (a.id for a in scenario.activities)
         transaction.commit()
         Scenario.trigger()
         transaction.commit()
+        if backlog:
+            for record_activities in RecordActivity.due():
+                RecordActivity.run(record_activities)
+                transaction.commit()
+            # The delivery is queued by the timed process()
+            Queue.delete(Queue.search([]))
+            transaction.commit()
     setup = round(time.perf_counter() - started, 2)
 
     def query(sql, *params):
@@ -938,6 +955,7 @@ def workers(options):
         errors = [line.rstrip() for line in file
             if ' ERROR ' in line or ' CRITICAL ' in line][:10]
     return {'size': size, 'processes': processes, 'setup_seconds': setup,
+        'kind': options['kind'],
         'seconds': round(seconds, 3), 'queue_seconds': round(queued, 3),
         'emails': last, 'emails_per_second': round(last / seconds, 1),
         'received': len(ids), 'duplicates': len(ids) - len(set(ids)),
