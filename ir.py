@@ -253,9 +253,8 @@ class Email(metaclass=PoolMeta):
         share the sending of a batch or of a backlog, and not one alone.
         The tasks that no worker took yet count: each claims until nothing
         is due, and a task that finds nothing still costs a worker."""
-        pool = Pool()
-        Queue = pool.get('ir.queue')
         if config.getboolean('queue', 'worker', default=False):
+            Queue = Pool().get('ir.queue')
             size = outbox.claim_size()
             emails = cls.search([
                     ('marketing_automation_status', 'in',
