@@ -337,7 +337,8 @@ def bench_workers(backend, options):
     runs = []
     try:
         for _, kind, processes in itertools.product(
-                range(options.workers_repeats), KINDS, WORKERS):
+                range(options.workers_repeats), options.workers_kinds,
+                WORKERS):
             with backend.database('ma_bench_workers_%s_%s' % (
                         processes, os.getpid())) as name, \
                     backend.sink.recording(os.path.join(
@@ -700,6 +701,9 @@ def main():
     add('--workers', type=int, default=5000, help="emails sent with one "
         "then two trytond-worker processes on PostgreSQL (0: skip)")
     add('--workers-repeats', type=int, default=1, help="runs of each")
+    add('--workers-kinds', type=lambda v: [k.strip() for k in v.split(',')],
+        default=','.join(KINDS), help="the workers compose and deliver "
+        "(campaign) or deliver (backlog)")
     add('--output', default=os.path.join(HERE, 'results'), help="JSON files")
     options = parser.parse_args()
     started = dt.datetime.now()
@@ -725,7 +729,8 @@ def main():
                 'wrk': not options.no_wrk,
                 'retention_size': options.retention_size,
                 'workers': options.workers,
-                'workers_repeats': options.workers_repeats},
+                'workers_repeats': options.workers_repeats,
+                'workers_kinds': options.workers_kinds},
             targets=[{'status': s, 'target': t} for s, t in targets(result)])
         dump('%s-%s.json' % (started.strftime('%Y%m%d-%H%M%S'),
                 result['backend']), result)
