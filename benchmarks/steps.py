@@ -905,7 +905,7 @@ def workers(options):
                 RecordActivity.process()
                 transaction.commit()
             queued = time.perf_counter() - start
-            last, progress = 0, time.monotonic()
+            last, progress, end = 0, time.monotonic(), time.perf_counter()
             while last < size and time.monotonic() - progress < 60:
                 count = os.path.getsize(options['count_file']) - received
                 if count != last:
@@ -957,7 +957,8 @@ def workers(options):
     return {'size': size, 'processes': processes, 'setup_seconds': setup,
         'kind': options['kind'],
         'seconds': round(seconds, 3), 'queue_seconds': round(queued, 3),
-        'emails': last, 'emails_per_second': round(last / seconds, 1),
+        'emails': last,
+        'emails_per_second': round(last / max(seconds, 1e-3), 1),
         'received': len(ids), 'duplicates': len(ids) - len(set(ids)),
         'missing': len(expected - set(ids)), 'composed': len(emails),
         'unexpected': len(set(ids) - expected),
