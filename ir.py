@@ -246,14 +246,31 @@ class Email(metaclass=PoolMeta):
 
     @classmethod
     def marketing_automation_send(cls):
-        "Send the outbox now, or ask a worker to when there are workers"
+        """Send the outbox now, or ask the workers to when there are workers
+
+        With workers, the queue holds one delivery task for each claim in
+        the outbox, up to outbox.DELIVERY_TASKS: so that several workers
+        share the sending of a batch or of a backlog, and not one alone.
+        The tasks that no worker took yet count: each claims until nothing
+        is due, and a task that finds nothing still costs a worker."""
         if config.getboolean('queue', 'worker', default=False):
+            Queue = Pool().get('ir.queue')
+            size = outbox.claim_size()
             emails = cls.search([
                     ('marketing_automation_status', 'in',
                         ['pending', 'sending']),
-                    ], limit=1)
+                    ], order=[('id', 'ASC')],
+                limit=size * outbox.DELIVERY_TASKS)
+            waiting = Queue.search_count([
+                    ('dequeued_at', '=', None),
+                    ('data.model', '=', cls.__name__),
+                    ('data.method', '=', 'marketing_automation_deliver'),
+                    ])
+            # One email tells each task that there is work
+            emails = emails[::size][waiting:]
             if emails:
-                cls.__queue__.marketing_automation_deliver(emails)
+                with Transaction().set_context(queue_batch=1):
+                    cls.__queue__.marketing_automation_deliver(emails)
         else:
             cls.marketing_automation_deliver()
 
@@ -262,7 +279,9 @@ class Email(metaclass=PoolMeta):
         """Send the due emails of the outbox by claimed batches, committing
         each claim and each email sent: a task of its own
 
-        emails only tells a worker that there is work."""
+        emails only tells a worker that there is work: each task claims
+        until nothing is due, and the tasks that run at the same time claim
+        different emails."""
         return outbox.deliver()
 
     @classmethod

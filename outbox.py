@@ -37,6 +37,11 @@ from .marketing_automation import current_time, new_token
 logger = logging.getLogger(__name__)
 
 
+# The delivery tasks queued at once for the workers: each one claims until
+# nothing is due, so those beyond the running workers find nothing to do
+DELIVERY_TASKS = 4
+
+
 def claim_size():
     return config.getint('marketing', 'automation_claim_size', default=200)
 

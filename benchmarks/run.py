@@ -9,10 +9,13 @@ import argparse
 import contextlib
 import datetime as dt
 import http.client
+import itertools
 import json
 import math
 import os
 import platform
+import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -45,6 +48,12 @@ automation_batch_size = %(batch_size)s
 # Clicks are not taken for a scanner's just after sending
 automation_click_delay = 0
 '''
+# The configuration of the worker benchmark: the cron queues the work
+WORKERS = (1, 2)
+QUEUE = '''\
+[queue]
+worker = True
+'''
 # The column per unit of each step
 SEND = '{ms_per_email:.3f} ms/email, {statements_per_email:.2f} stmt/email'
 OPEN = '{ms_per_event:.3f} ms/open, {statements_per_event:.2f} stmt/open'
@@ -74,14 +83,33 @@ def run_json(command, tag, **kwargs):
 
 class Sink(tools.SMTPServer):
     """The SMTP server of the steps, in this process that only waits for
-    them: the size of the count file is the number of emails received"""
+    them: the size of the count file is the number of emails received
+
+    While recording, it also writes the Message-ID of each email to a file,
+    to count the emails received twice and those missing."""
+    MESSAGE_ID = re.compile(rb'^Message-ID:[ \t]*(\S+)', re.M | re.I)
 
     def __init__(self, path):
         super().__init__()
         self.count_file, self.file = path, open(path, 'wb', buffering=0)
+        self.ids = None
 
     def receive(self, sender, recipients, content):
         self.file.write(b'.')
+        if self.ids is not None:
+            headers = re.split(rb'\r?\n\r?\n', content, 1)[0]
+            match = self.MESSAGE_ID.search(headers)
+            self.ids.write((match.group(1) if match else b'-') + b'\n')
+
+    @contextlib.contextmanager
+    def recording(self, path):
+        "Write the Message-ID of each email received in the block to path"
+        with open(path, 'wb', buffering=0) as file:
+            self.ids = file
+            try:
+                yield path
+            finally:
+                self.ids = None
 
 
 class Backend:
@@ -92,13 +120,17 @@ class Backend:
         self.directory = os.path.join(directory, name)
         os.makedirs(self.directory)
         self.config = os.path.join(self.directory, 'trytond.conf')
-        with open(self.config, 'w') as file:
-            file.write(CONFIG % {
-                    'database': ('uri = %s' % POSTGRESQL
-                        if name == 'postgresql' else
-                        'uri = sqlite://\npath = %s' % self.directory),
-                    'smtp_port': sink.port, 'email_from': tools.EMAIL_FROM,
-                    'base': tools.AUTOMATION_BASE, 'batch_size': BATCH_SIZE})
+        self.workers_config = os.path.join(self.directory, 'workers.conf')
+        for path, extra in [(self.config, ''), (self.workers_config, QUEUE)]:
+            with open(path, 'w') as file:
+                file.write(extra + CONFIG % {
+                        'database': ('uri = %s' % POSTGRESQL
+                            if name == 'postgresql' else
+                            'uri = sqlite://\npath = %s' % self.directory),
+                        'smtp_port': sink.port,
+                        'email_from': tools.EMAIL_FROM,
+                        'base': tools.AUTOMATION_BASE,
+                        'batch_size': BATCH_SIZE})
 
     def pg(self, *statements):
         import psycopg
@@ -149,8 +181,9 @@ class Backend:
         """Return the figures of steps.py in mode at size, in a process of
         its own; the module's on a fresh copy of the template"""
         log("[%s] %s at N=%s" % (self.name, mode, size))
+        options.setdefault('config', self.config)
         options.update(mode=mode, size=size, backend=self.name,
-            config=self.config, count_file=self.sink.count_file,
+            count_file=self.sink.count_file,
             smtp_port=self.sink.port, email_from=tools.EMAIL_FROM)
         with contextlib.ExitStack() as stack:
             if mode in {'module', 'enrol'}:
@@ -273,6 +306,8 @@ def bench(name, sink, options, directory):
         if name == 'postgresql' and options.report_sizes:
             result['reports'] = {str(s): measure_reports(backend, s, options)
                 for s in options.report_sizes}
+        if name == 'postgresql' and options.workers:
+            result['workers'] = bench_workers(backend, options)
         if name == 'postgresql' and options.retention_size:
             result['retention'] = bench_retention(backend, options)
         if name == 'postgresql' and not options.no_wrk:
@@ -293,6 +328,67 @@ def bench_retention(backend, options):
     except Exception as exception:
         log("[%s] retention failed: %s" % (backend.name, exception))
         return {'skipped': 'failed: %s' % exception}
+
+
+def bench_workers(backend, options):
+    """Return the figures of sending with one then two trytond-worker
+    processes, each on a fresh copy, repeats times, or why not"""
+    runs = []
+    try:
+        for _, kind, processes in itertools.product(
+                range(options.workers_repeats), options.workers_kinds,
+                WORKERS):
+            with backend.database('ma_bench_workers_%s_%s' % (
+                        processes, os.getpid())) as name, \
+                    backend.sink.recording(os.path.join(
+                            backend.directory, 'ids-%s' % processes)) as ids:
+                # This process only waits: its CPU is the SMTP server's
+                started = cpu_seconds()
+                runs.append(backend.measure('workers', options.workers,
+                        database=name, processes=processes, kind=kind,
+                        ids_file=ids, config=backend.workers_config))
+                runs[-1]['cpu_sink'] = round(cpu_seconds() - started, 2)
+    except Exception as exception:
+        log("[%s] workers failed: %s" % (backend.name, exception))
+        return {'skipped': 'failed: %s' % exception, 'runs': runs}
+    return {'runs': runs}
+
+
+def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def workers_report(workers):
+    "Return the lines of the runs with workers"
+    if workers.get('skipped'):
+        return ['workers: skipped (%s)' % workers['skipped']]
+    rows = [[r['kind'], r['processes'], r['size'], '%.3f' % r['seconds'],
+            '%.1f' % r['emails_per_second'], r['duplicates'], r['missing'],
+            '%.1f' % r['cpu_workers'], '%.1f' % r['cpu_postgresql'],
+            '%.1f' % r['cpu_sink'],
+            r['load_average'], ' '.join('%s=%s' % (m.split('_')[-1], c)
+                for m, c in sorted(r['tasks'].items()))]
+        for r in workers['runs']]
+    return ['\ntrytond-worker processes (-n 1 each): from process() to the '
+        'last email received', table(rows, ['kind', 'workers', 'N', 'wall s',
+                'emails/s', 'twice', 'missing', 'worker cpu s', 'pg cpu s',
+                'smtp cpu s', 'load', 'tasks'])]
+
+
+def workers_ratio(workers, kind='campaign'):
+    """Return the emails per second of two workers over one's, the medians
+    of the runs of kind, with both, or None"""
+    rates = {}
+    for run in workers.get('runs', []):
+        if run['kind'] != kind:
+            continue
+        rates.setdefault(run['processes'], []).append(
+            run['emails_per_second'])
+    if set(WORKERS) - set(rates):
+        return None
+    one, two = (sorted(rates[k])[len(rates[k]) // 2] for k in WORKERS)
+    return two / one, one, two
 
 
 def retention_report(retention):
@@ -357,6 +453,8 @@ def report(result):
                 'SQL', 'emails', 'peak MB', 'per unit'])]
     if result.get('retention'):
         out.extend(retention_report(result['retention']))
+    if result.get('workers'):
+        out.extend(workers_report(result['workers']))
     wrk = result.get('wrk')
     if wrk and wrk.get('skipped'):
         out.append('wrk: skipped (%s)' % wrk['skipped'])
@@ -493,6 +591,28 @@ def targets(result):
             'warm: %s), target a read', writes, writing,
             repeat['cold']['statements'], repeat['warm']['statements'])
     report_targets(result, check)
+    workers = result.get('workers')
+    if result['backend'] == 'postgresql' and workers:
+        ratio = workers_ratio(workers)
+        runs = workers.get('runs', [])
+        backlog = workers_ratio(workers, 'backlog')
+        if backlog:
+            check(None, 'workers, backlog of the outbox: two deliver %.2f x '
+                'the emails per second of one (%.1f vs %.1f), no target',
+                backlog[0], backlog[2], backlog[1])
+        # An email composed twice has two Message-IDs
+        twice = sum(r['duplicates'] + r['unexpected']
+            + max(r['composed'] - r['size'], 0) for r in runs)
+        missing = sum(r['missing'] + max(r['size'] - r['composed'], 0)
+            for r in runs)
+        if ratio is None:
+            check(False, 'workers: no figures (%s)', workers.get('skipped'))
+        else:
+            check(ratio[0] >= 1.5 and not twice and not missing,
+                'workers, campaign at N=%s: two send %.2f x the emails per '
+                'second of one (%.1f vs %.1f), %s emails twice, %s missing, '
+                'target >= 1.5x and exactly once', runs[0]['size'], ratio[0],
+                ratio[2], ratio[1], twice, missing)
     return lines
 
 
@@ -577,6 +697,13 @@ def main():
     add('--retention-size', type=int, default=20000,
         help="emails sent then purged on PostgreSQL for the size of ir_email "
         "(0: skip)")
+    add('--workers', type=int, default=5000, help="emails sent with one "
+        "then two trytond-worker processes on PostgreSQL (0: skip)")
+    # One pair of runs means little on a shared machine: the median of 3
+    add('--workers-repeats', type=int, default=3, help="runs of each")
+    add('--workers-kinds', type=lambda v: [k.strip() for k in v.split(',')],
+        default='campaign', help="the workers compose and deliver "
+        "(campaign) or deliver (backlog)")
     add('--output', default=os.path.join(HERE, 'results'), help="JSON files")
     options = parser.parse_args()
     started = dt.datetime.now()
@@ -600,7 +727,10 @@ def main():
                 'enrol_sizes': options.enrol_sizes,
                 'report_sizes': options.report_sizes,
                 'wrk': not options.no_wrk,
-                'retention_size': options.retention_size},
+                'retention_size': options.retention_size,
+                'workers': options.workers,
+                'workers_repeats': options.workers_repeats,
+                'workers_kinds': options.workers_kinds},
             targets=[{'status': s, 'target': t} for s, t in targets(result)])
         dump('%s-%s.json' % (started.strftime('%Y%m%d-%H%M%S'),
                 result['backend']), result)

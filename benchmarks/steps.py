@@ -771,9 +771,217 @@ def retention(options):
     return result
 
 
+def workers(options):
+    """Send the root emails of N parties with K trytond-worker processes on
+    PostgreSQL: the cron's RecordActivity.process() queues the work and the
+    workers run it. The time goes from the call of process() to the last
+    email received; exactly once is checked at the SMTP server of run.py,
+    which writes the Message-ID of each email it receives to ids_file
+
+    kind is campaign: the workers compose and deliver the emails; or
+    backlog: the emails are composed beforehand, as those left in the
+    outbox by a mail server that was down, and the workers deliver them."""
+    from trytond import config
+    config.update_etc(options['config'])  # before the imports that read it
+    import threading
+    from collections import Counter
+
+    import psycopg
+
+    from trytond.modules.marketing_automation.tests import tools
+    from trytond.pool import Pool
+    from trytond.transaction import Transaction
+
+    database, size = options['database'], options['size']
+    processes = options['processes']
+    uri = config.get('database', 'uri').rstrip('/') + '/' + database
+    directory = os.path.dirname(options['config'])
+    Pool.start()
+    pool = Pool(database)
+    with Transaction().start(database, 0, readonly=True):
+        pool.init()
+    Scenario = pool.get('marketing.automation.scenario')
+    RecordActivity = pool.get('marketing.automation.record.activity')
+    Email = pool.get('ir.email')
+
+    Queue = pool.get('ir.queue')
+    backlog = options['kind'] == 'backlog'
+
+    started = time.perf_counter()
+    with Transaction().start(database, 0) as transaction:
+        tools.create_parties('Party', size)
+        # The backlog has no children that the run would make due
+        scenario, = Scenario.create([dict(SCENARIO, activities=[
+                        ('create', [send_email('News')])])
+                if backlog else SCENARIO])
+        Scenario.run([scenario])
+        root, = (a.id for a in scenario.activities)
+        transaction.commit()
+        Scenario.trigger()
+        transaction.commit()
+        if backlog:
+            for record_activities in RecordActivity.due():
+                RecordActivity.run(record_activities)
+                transaction.commit()
+            # The delivery is queued by the timed process()
+            Queue.delete(Queue.search([]))
+            transaction.commit()
+    setup = round(time.perf_counter() - started, 2)
+
+    def query(sql, *params):
+        with psycopg.connect(uri, autocommit=True) as connection:
+            return connection.execute(sql, params).fetchall()
+
+    logconf = tools.logging_config(directory)
+    log_path = os.path.join(directory, 'workers-%s-%s.log' % (
+            processes, os.getpid()))
+    command = [os.path.join(os.path.dirname(sys.executable),
+            'trytond-worker'), '-c', options['config'], '-d', database,
+        '-n', '1', '--logconf', logconf]
+    samples, sampling = Counter(), threading.Event()
+    locks = Counter()
+
+    def sample():
+        """Count the states and waits of the other connections to database,
+        and the lock waits by query apart"""
+        with psycopg.connect(uri, autocommit=True) as connection:
+            while not sampling.wait(0.05):
+                locks['samples'] += 1
+                for row in connection.execute("SELECT state, "
+                        "wait_event_type, wait_event, left(query, 50) "
+                        "FROM pg_stat_activity WHERE datname = %s "
+                        "AND pid <> pg_backend_pid() "
+                        "AND backend_type = 'client backend'",
+                        (database,)):
+                    state, kind, event, text = row
+                    if kind == 'Lock':
+                        locks['%s %s' % (event, text)] += 1
+                    if state == 'active' or kind == 'Lock':
+                        samples['%s %s:%s %s' % (
+                                state, kind, event, text)] += 1
+                    else:
+                        samples['%s %s:%s' % (state, kind, event)] += 1
+
+    def cpu(pids):
+        "Return the CPU seconds of the processes of pids still running"
+        total = 0
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                with open('/proc/%s/stat' % pid) as file:
+                    fields = file.read().rsplit(')', 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+        return round(total / os.sysconf('SC_CLK_TCK'), 2)
+
+    def group_pids(groups):
+        pids = []
+        for name in os.listdir('/proc'):
+            if name.isdigit():
+                with contextlib.suppress(OSError):
+                    with open('/proc/%s/stat' % name) as file:
+                        fields = file.read().rsplit(')', 1)[1].split()
+                    if int(fields[2]) in groups:
+                        pids.append(int(name))
+        return pids
+
+    with open(log_path, 'w') as log:
+        running = [tools.start_process(command, stdout=log, stderr=log)
+            for _ in range(processes)]
+        sampler = threading.Thread(target=sample)
+        try:
+            # A worker listens once its pool is ready and it found no task
+            deadline = time.monotonic() + 120
+            while query("SELECT COUNT(*) FROM pg_stat_activity "
+                    "WHERE datname = %s AND query LIKE 'LISTEN%%'",
+                    database)[0][0] < processes:
+                if time.monotonic() > deadline or any(
+                        p.poll() is not None for p in running):
+                    raise RuntimeError("the workers do not start")
+                time.sleep(0.1)
+            backends = [p for p, in query("SELECT pid FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    database)]
+            workers = group_pids({p.pid for p in running})
+            cpu_start = cpu(workers), cpu(backends)
+            received = os.path.getsize(options['count_file'])
+            load = round(os.getloadavg()[0], 2)
+            sampler.start()
+            start = time.perf_counter()
+            with Transaction().start(database, 0) as transaction:
+                RecordActivity.process()
+                transaction.commit()
+            queued = time.perf_counter() - start
+            last, progress, end = 0, time.monotonic(), time.perf_counter()
+            while last < size and time.monotonic() - progress < 60:
+                count = os.path.getsize(options['count_file']) - received
+                if count != last:
+                    last, progress = count, time.monotonic()
+                    end = time.perf_counter()
+                time.sleep(0.005)
+            seconds = end - start
+            # The tasks left, and a moment for an email sent twice
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and query(
+                    "SELECT COUNT(*) FROM ir_queue "
+                    "WHERE finished_at IS NULL")[0][0]:
+                time.sleep(0.1)
+            time.sleep(1)
+            backends += [p for p, in query("SELECT pid FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    database) if p not in backends]
+            workers = group_pids({p.pid for p in running})
+            cpu_end = cpu(workers), cpu(backends)
+        finally:
+            sampling.set()
+            if sampler.is_alive():
+                sampler.join()
+            for process in running:
+                tools.stop_process(process, 20)
+    with open(options['ids_file'], 'rb') as file:
+        ids = [line.strip().decode() for line in file]
+    with Transaction().start(database, 0, readonly=True):
+        emails = Email.search_read([
+                ('marketing_automation_activity', '=', root),
+                ], fields_names=['message_id', 'marketing_automation_status'])
+    expected = {e['message_id'] for e in emails}
+    statuses = Counter(e['marketing_automation_status'] for e in emails)
+    # The tasks by method: how many, their seconds in all, and from the
+    # first taken to the last finished
+    tasks, busy, spans = Counter(), Counter(), {}
+    for data, dequeued, finished in query(
+            "SELECT data, dequeued_at, finished_at FROM ir_queue"):
+        data = json.loads(data) if isinstance(data, str) else data
+        method = data['method']
+        tasks[method] += 1
+        if dequeued and finished:
+            busy[method] += (finished - dequeued).total_seconds()
+            first, last_ = spans.get(method, (dequeued, finished))
+            spans[method] = min(first, dequeued), max(last_, finished)
+    with open(log_path) as file:
+        errors = [line.rstrip() for line in file
+            if ' ERROR ' in line or ' CRITICAL ' in line][:10]
+    return {'size': size, 'processes': processes, 'setup_seconds': setup,
+        'kind': options['kind'],
+        'seconds': round(seconds, 3), 'queue_seconds': round(queued, 3),
+        'emails': last,
+        'emails_per_second': round(last / max(seconds, 1e-3), 1),
+        'received': len(ids), 'duplicates': len(ids) - len(set(ids)),
+        'missing': len(expected - set(ids)), 'composed': len(emails),
+        'unexpected': len(set(ids) - expected),
+        'statuses': dict(statuses), 'tasks': dict(tasks),
+        'task_seconds': {m: round(b, 2) for m, b in busy.items()},
+        'task_spans': {m: round((e - f).total_seconds(), 2)
+            for m, (f, e) in spans.items()},
+        'load_average': load,
+        'cpu_workers': round(cpu_end[0] - cpu_start[0], 2),
+        'cpu_postgresql': round(cpu_end[1] - cpu_start[1], 2),
+        'waits': dict(samples.most_common(15)), 'lock_waits': dict(locks),
+        'errors': errors}
+
+
 if __name__ == '__main__':
     options = json.loads(sys.argv[1])
     result = {'floor': floor, 'reports_build': reports_build,
-        'reports_read': reports_read, 'retention': retention}.get(
+        'reports_read': reports_read, 'retention': retention,
+        'workers': workers}.get(
         options['mode'], module)(options)
     print('@@result ' + json.dumps(result), flush=True)
