@@ -285,6 +285,11 @@ def answers(port, path):
     return False
 
 
+# The largest enrolment on SQLite, and the most opens through the route
+SQLITE_LARGEST = 100000
+MAX_ROUTE_OPENS = 5000
+
+
 def bench(name, sink, options, directory):
     "Return the figures of the backend name"
     backend = Backend(name, directory, sink)
@@ -296,12 +301,20 @@ def bench(name, sink, options, directory):
                     POSTGRESQL, exception))
             return {'backend': name, 'skipped': 'not available'}
     result = {'backend': name, 'floor': {}, 'module': {}, 'enrol_only': {}}
+    sizes = list(options.sizes)
+    enrol_sizes = options.enrol_sizes
+    if name == 'postgresql':
+        # The issue's largest sizes are PostgreSQL's
+        sizes += [s for s in options.postgresql_sizes if s not in sizes]
+    else:
+        enrol_sizes = [s for s in enrol_sizes if s <= SQLITE_LARGEST]
     with backend.database(TEMPLATE_DB):
-        for size in options.sizes:
+        for size in sizes:
             result['floor'][str(size)] = backend.measure('floor', size)
             result['module'][str(size)] = backend.measure(
-                'module', size, route_opens=options.route_opens)
-        for size in sorted(set(options.enrol_sizes) - set(options.sizes)):
+                'module', size, route_opens=options.route_opens
+                or min(size // 2, MAX_ROUTE_OPENS))
+        for size in sorted(set(enrol_sizes) - set(sizes)):
             result['enrol_only'][str(size)] = backend.measure('enrol', size)
         if name == 'postgresql' and options.report_sizes:
             result['reports'] = {str(s): measure_reports(backend, s, options)
@@ -497,16 +510,22 @@ def targets(result):
     floors, modules = by_size(result, 'floor'), by_size(result, 'module')
     every = by_size(result, 'module', 'enrol_only')
     sends = {s: m['steps']['send'] for s, m in modules.items()}
-    if modules:
-        size = 10000 if 10000 in modules else max(modules)
+    # The performance issue's targets are for PostgreSQL; SQLite keeps
+    # those of the first release
+    postgresql = result['backend'] == 'postgresql'
+    times, statements = (1.5, 1.1) if postgresql else (2.5, 3)
+    for size in [10000, 100000] if postgresql else [10000]:
+        if size not in modules:
+            check(None, 'sending at N=%s: not measured', size)
+            continue
         send, floor = sends[size]['ms_per_email'], floors[size]['ms_per_email']
-        check(send <= 2.5 * floor, 'sending at N=%s: %.2f x the floor per '
-            'email (%.3f vs %.3f ms), target <= 2.5x',
-            size, send / floor, send, floor)
+        check(send <= times * floor, 'sending at N=%s: %.2f x the floor per '
+            'email (%.3f vs %.3f ms), target <= %sx',
+            size, send / floor, send, floor, times)
     for size, module in modules.items():
         send = sends[size]['statements_per_email']
-        check(send <= 3, 'sending at N=%s: %.2f SQL statements per email, '
-            'target <= 3', size, send)
+        check(send <= statements, 'sending at N=%s: %.2f SQL statements per '
+            'email, target <= %s', size, send, statements)
         route = module['steps']['open_route']
         opened, clicked = route['statements_max'], route['click_statements']
         check(max(opened, clicked) <= 8, 'route at N=%s: %s statements per '
@@ -616,6 +635,27 @@ def targets(result):
     return lines
 
 
+def targets_table(results):
+    """Return the targets of every backend as one table: the backend, the
+    status, what is measured, the figure and the target"""
+    rows = []
+    for result in results:
+        for target in result['targets']:
+            text = target['target']
+            backend, _, text = text.partition('] ')
+            what, _, figure = text.partition(': ')
+            goal = ''
+            if ', target ' in figure:
+                figure, _, goal = figure.rpartition(', target ')
+            rows.append([target['status'], backend.lstrip('['), what,
+                    figure or '-', goal or '-'])
+    rows = [['status', 'backend', 'measure', 'figure', 'target'], None] + rows
+    widths = [max(len(r[i]) for r in rows if r) for i in range(5)]
+    rows[1] = ['-' * w for w in widths]
+    return '\n'.join('  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
+        for r in rows)
+
+
 # The reads of the reports and of the statistics of the forms, at a million
 REPORT_READS = ['scenario_report', 'activity_report', 'scenario_form',
     'activity_form']
@@ -687,8 +727,12 @@ def main():
     # The defaults of the sizes are strings that argparse parses with type
     add('--backend', default='sqlite,postgresql', help="comma-separated")
     add('--sizes', type=sizes, default='1000,10000', help="with every step")
-    add('--enrol-sizes', type=sizes, default='100000', help="enrolment only")
-    add('--route-opens', type=int, help="route opens per size (None: half)")
+    add('--postgresql-sizes', type=sizes, default='100000',
+        help="with every step, on PostgreSQL only")
+    add('--enrol-sizes', type=sizes, default='100000,1000000',
+        help="enrolment only (on SQLite up to 100,000)")
+    add('--route-opens', type=int, help="route opens per size (None: half, "
+        "at most 5,000)")
     add('--no-wrk', action='store_true', help="skip the throughput of wrk")
     add('--wrk-duration', type=int, default=30, help="seconds of a wrk run")
     add('--report-sizes', type=sizes, default='200000,1000000',
@@ -724,6 +768,7 @@ def main():
     for result in results:
         print(report(result))
         result.update(common, options={'sizes': options.sizes,
+                'postgresql_sizes': options.postgresql_sizes,
                 'enrol_sizes': options.enrol_sizes,
                 'report_sizes': options.report_sizes,
                 'wrk': not options.no_wrk,
@@ -735,9 +780,7 @@ def main():
         dump('%s-%s.json' % (started.strftime('%Y%m%d-%H%M%S'),
                 result['backend']), result)
     print('Targets')
-    for result in results:
-        for target in result['targets']:
-            print('%(status)-4s %(target)s' % target)
+    print(targets_table(results))
     dump('latest.json', dict(common, results=results))
     print('\nResults in %s' % os.path.relpath(options.output))
 
