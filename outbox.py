@@ -91,8 +91,9 @@ class Sent(ModelSQL):
 
     A narrow row inserted and committed as each email is accepted: the
     update of the wide row of ir_email and of its indexes costs several
-    times more, so it is done once for the claim (settle). The claims of a
-    run that died are settled before they are taken back."""
+    times more, so it is done once for the claim (settle). A claim taken
+    back from a run that died leaves out the emails that have one, and
+    each delivery run first settles them (settle_dead)."""
     __name__ = 'marketing.automation.email.sent'
 
     email = fields.Many2One(

@@ -22,7 +22,8 @@ from trytond.modules.marketing_automation.tests.test_faults import (
     BACKEND, FaultTestCase, FaultySMTPServer)
 from trytond.modules.marketing_automation.tests.tools import (
     SETTINGS, DatabaseTestCase, SMTPServer, _Controller, _Handler,
-    create_parties, create_scenario, email_activity, setting, smtp_server)
+    clear_outbox, create_parties, create_scenario, email_activity, setting,
+    smtp_server)
 from trytond.pool import Pool
 from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
@@ -163,20 +164,13 @@ class PacingOutboxTestCase(DatabaseTestCase):
     @with_transaction()
     def reset_pace():
         "Forget the back-off and the unsent emails of an earlier test"
-        pool = Pool()
-        Email = pool.get('ir.email')
-        Pace = pool.get('marketing.automation.pacing')
-        table = Email.__table__()
+        Pace = Pool().get('marketing.automation.pacing')
         pace = Pace.__table__()
         cursor = Transaction().connection.cursor()
         cursor.execute(*pace.update(
                 [pace.next_send, pace.backoff, pace.backoff_until],
                 [0, 0, 0]))
-        cursor.execute(*table.update(
-                [table.marketing_automation_status], ['failed'],
-                where=table.marketing_automation_status.in_(
-                    ['pending', 'sending'])))
-        Transaction().commit()
+        clear_outbox()
 
     def enrol(self, prefix, count):
         "Enrol count parties and compose their emails, unsent"

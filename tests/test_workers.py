@@ -11,8 +11,8 @@ from collections import Counter
 
 from trytond.modules.marketing_automation import outbox
 from trytond.modules.marketing_automation.tests.tools import (
-    SETTINGS, DatabaseTestCase, SMTPServer, create_parties, create_scenario,
-    email_activity, setting, smtp_server)
+    SETTINGS, DatabaseTestCase, SMTPServer, clear_outbox, create_parties,
+    create_scenario, email_activity, setting, smtp_server)
 from trytond.pool import Pool
 from trytond.tests.test_tryton import with_transaction
 from trytond.transaction import Transaction
@@ -40,18 +40,11 @@ class WorkersTestCase(DatabaseTestCase):
         """Stop the scenarios, and drop the tasks and the unsent emails, of
         an earlier test: the database is shared by the tests"""
         pool = Pool()
-        Email = pool.get('ir.email')
         Queue = pool.get('ir.queue')
         Scenario = pool.get('marketing.automation.scenario')
         Scenario.stop(Scenario.search([('state', '=', 'running')]))
         Queue.delete(Queue.search([]))
-        table = Email.__table__()
-        cursor = Transaction().connection.cursor()
-        cursor.execute(*table.update(
-                [table.marketing_automation_status], ['failed'],
-                where=table.marketing_automation_status.in_(
-                    ['pending', 'sending'])))
-        Transaction().commit()
+        clear_outbox()
 
     def enrol(self, prefix, count):
         "Enrol count parties in a running scenario and return it"

@@ -553,6 +553,19 @@ class _CountingCursor:
         return getattr(self._cursor, name)
 
 
+def clear_outbox():
+    """Give up the unsent emails of an earlier test, so that a delivery
+    sends only the test's own, and commit"""
+    Email = Pool().get('ir.email')
+    table = Email.__table__()
+    cursor = Transaction().connection.cursor()
+    cursor.execute(*table.update(
+            [table.marketing_automation_status], ['failed'],
+            where=table.marketing_automation_status.in_(
+                ['pending', 'sending'])))
+    Transaction().commit()
+
+
 def create_parties(prefix, count, email=True, start=0):
     """Create count parties coded prefix-NNNNNN with an email address
     each, by bulk inserts: the ORM would be too slow for thousands
